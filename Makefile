@@ -1,0 +1,42 @@
+# Two entry points for people: `make run` (the main job) and `make test` (the whole suite).
+# Both create .venv and install what they need; on this CPU-only machine kind the local
+# CPU torch wheel (/opt/wheels) is installed first so nothing pulls a multi-GB CUDA build.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+WHEELS ?= /opt/wheels
+TORCH_VERSION ?= 2.13.0
+FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint typecheck check bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(FIND_LINKS) "torch==$(TORCH_VERSION)"
+	$(BIN)/pip install -q $(FIND_LINKS) -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/zeroproof demo $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/decode.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

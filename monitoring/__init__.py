@@ -1,0 +1,1 @@
+"""Monitor: windowed coverage, gap and ⊥ rates across workers, alerts, Prometheus."""

@@ -1,0 +1,5 @@
+import sys
+
+from zeroproof.cli import main
+
+sys.exit(main())

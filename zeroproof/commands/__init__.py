@@ -1,0 +1,1 @@
+"""Subcommands of the ``zeroproof`` tool (see :mod:`zeroproof.cli`)."""

@@ -1,0 +1,24 @@
+"""Strict inference: one decode semantics for ⟨N, D⟩ (contract §1) and the tools built on it."""
+
+from zeroproof.inference.batch import BatchInferenceResult, batch_inference
+from zeroproof.inference.config import DEFAULT_TAU_INFER, DEFAULT_TAU_TRAIN, InferenceConfig, dtype_threshold
+from zeroproof.inference.decode import StrictResult, decode_eager, strict_inference
+from zeroproof.inference.monitor import SCMMonitor, WindowedSCMMonitor
+from zeroproof.inference.wrapper import DecodeOnly, SCMInferenceWrapper, StrictDecodeModule
+
+__all__ = [
+    "DEFAULT_TAU_INFER",
+    "DEFAULT_TAU_TRAIN",
+    "BatchInferenceResult",
+    "DecodeOnly",
+    "InferenceConfig",
+    "SCMInferenceWrapper",
+    "SCMMonitor",
+    "StrictDecodeModule",
+    "StrictResult",
+    "WindowedSCMMonitor",
+    "batch_inference",
+    "decode_eager",
+    "dtype_threshold",
+    "strict_inference",
+]
