@@ -1,0 +1,27 @@
+"""Shared fixtures. Integration fixtures start real services once per session (see tests/support/services.py)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support.services import kafka_broker, redis_server  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap address of a real Kafka-protocol broker for this test session."""
+    with kafka_broker() as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a redis-server started for this test session on a free port."""
+    with redis_server() as url:
+        yield url
