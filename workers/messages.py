@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 Status = Literal["ok", "gap", "bottom"]
 Action = Literal["accept", "fallback", "reject"]
@@ -17,13 +17,14 @@ STATS_SCHEMA = "zeroproof.stats/1"
 class InputMessage(BaseModel):
     """``{"id": str, "features": [number|null, ...]}``; unknown fields are ignored. ``null`` is a missing reading (⊥)."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore")
 
-    id: str = Field(min_length=1, max_length=512)
-    features: list[float | None]
-    entity: str | None = Field(default=None, max_length=512)
-    ts: float | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    # Strict types: "1.5" (a string) or true (a bool) is a wrong type, not a number.
+    id: StrictStr = Field(min_length=1, max_length=512)
+    features: list[StrictFloat | StrictInt | None]
+    entity: StrictStr | None = Field(default=None, max_length=512)
+    ts: StrictFloat | StrictInt | None = None
+    labels: dict[StrictStr, StrictStr] = Field(default_factory=dict)
 
 
 class Counts(BaseModel):
