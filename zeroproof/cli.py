@@ -34,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module_name in _command_modules():
-        importlib.import_module(module_name).register(sub)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # a broken plug-in must not take the other commands down with it
+            print(f"zeroproof: warning: command module {module_name} unavailable: {exc}", file=sys.stderr)
+            continue
+        module.register(sub)
     return parser
 
 
