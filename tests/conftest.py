@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support.services import kafka_broker, redis_server  # noqa: E402
+from tests.support.services import kafka_broker, redis_server
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
+from zeroproof.utils.errors import one_line
+
 #: Built-in command modules, registered even when the package metadata is unavailable (e.g. a plain checkout).
 BUILTIN_COMMANDS = (
     "zeroproof.commands.demo",
@@ -51,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (ValueError, OSError) as exc:  # configuration/input problems: one clear line, no traceback
-        print(f"zeroproof {args.command}: error: {exc}", file=sys.stderr)
+        print(f"zeroproof {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     return int(code or 0)
 

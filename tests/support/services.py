@@ -82,10 +82,17 @@ def start_tansu(port: int | None = None, workdir: Path | None = None) -> Managed
     workdir = workdir or Path(tempfile.mkdtemp(prefix="tansu-"))
     log = workdir / f"tansu-{port}.log"
     url = f"tcp://127.0.0.1:{port}"
-    cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-           "--storage-engine", "memory://tansu/"]
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=workdir,
-                            start_new_session=True)
+    cmd = [
+        str(tansu_binary()),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
     wait_for_port(port, proc=proc)
     return ManagedProcess(proc, port, log, {"bootstrap": f"127.0.0.1:{port}"})
 
@@ -97,8 +104,19 @@ def start_redis(port: int | None = None, password: str | None = None, workdir: P
     port = port or free_port()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="redis-"))
     log = workdir / f"redis-{port}.log"
-    cmd = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-           "--dir", str(workdir)]
+    cmd = [
+        binary,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+    ]
     if password:
         cmd += ["--requirepass", password]
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)

@@ -47,7 +47,7 @@ def decode_eager(N: Tensor, D: Tensor, tau_infer: float, tau_train: float) -> tu
     ok = torch.ge(w, tau_infer)
     gap = torch.lt(w, tau_train)
     gap.logical_and_(ok)
-    decoded = torch.where(ok, q, torch.full((1,), float("nan"), dtype=q.dtype, device=q.device))
+    decoded = torch.where(ok, q, torch.full([], float("nan"), dtype=q.dtype, device=q.device))
     return decoded, torch.logical_not(ok), gap
 
 
