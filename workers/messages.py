@@ -1,6 +1,8 @@
 """Wire schemas (contract §3). JSON, UTF-8. Inputs are validated; outputs/stats are produced by us.
 
-The stats schema is the worker→monitor interface: one ``StatsMessage`` per processed batch.
+The stats schema is the worker→monitor interface: one ``StatsMessage`` per processed batch. Outputs are built
+as plain dicts on the hot path (a pydantic model per output would cost more than the model); ``OutputMessage``
+documents and validates that shape for consumers and tests.
 """
 
 from __future__ import annotations
@@ -11,20 +13,69 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stric
 
 Status = Literal["ok", "gap", "bottom"]
 Action = Literal["accept", "fallback", "reject"]
-STATS_SCHEMA = "zeroproof.stats/1"
+STATS_SCHEMA: Literal["zeroproof.stats/1"] = "zeroproof.stats/1"
+OUTPUT_SCHEMA: Literal["zeroproof.output/1"] = "zeroproof.output/1"
+DLQ_SCHEMA: Literal["zeroproof.dlq/1"] = "zeroproof.dlq/1"
 
 
 class InputMessage(BaseModel):
-    """``{"id": str, "features": [number|null, ...]}``; unknown fields are ignored. ``null`` is a missing reading (⊥)."""
+    """``{"id": str, "features": [number|null, ...]}``; unknown fields ignored; ``null`` is a missing reading (⊥)."""
 
-    model_config = ConfigDict(extra="ignore")
+    # allow_inf_nan=False: JSON NaN/Infinity literals (and numbers that overflow a double) are a bad message.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     # Strict types: "1.5" (a string) or true (a bool) is a wrong type, not a number.
     id: StrictStr = Field(min_length=1, max_length=512)
-    features: list[StrictFloat | StrictInt | None]
+    features: list[StrictFloat | StrictInt | None] = Field(min_length=1)
     entity: StrictStr | None = Field(default=None, max_length=512)
     ts: StrictFloat | StrictInt | None = None
     labels: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+
+
+class OutputMessage(BaseModel):
+    """One per valid input on ``zeroproof.outputs`` (same Kafka key as the input).
+
+    ``value`` is always the model's own strict decode (``null`` where ⊥). ``action`` says what the consumer
+    should use: ``accept`` → ``value``; ``fallback`` → ``fallback_value`` from ``fallback_controller``
+    (``null`` value when the controller is ``external``: the decision comes on ``zeroproof.fallback``'s
+    consumer side); ``reject`` → nothing.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_: Literal["zeroproof.output/1"] = Field(default=OUTPUT_SCHEMA, alias="schema")
+    id: str
+    entity: str | None
+    value: list[float | None]
+    bottom: list[bool]
+    gap: list[bool]
+    status: Status
+    action: Action
+    fallback_controller: str | None = None
+    fallback_value: list[float | None] | None = None
+    model_version: str
+    tau_infer: float
+    tau_train: float | None
+    topic: str
+    partition: int
+    offset: int
+    worker_id: str
+    ts: float | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class DLQMessage(BaseModel):
+    """A message that could not be served. ``original`` is the raw value, base64 (bytes may not be UTF-8)."""
+
+    schema_: Literal["zeroproof.dlq/1"] = Field(default=DLQ_SCHEMA, alias="schema")
+    reason: str
+    detail: str
+    original: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None = None
+    worker_id: str
 
 
 class Counts(BaseModel):
@@ -38,13 +89,18 @@ class Counts(BaseModel):
 
 
 class ShadowCounts(BaseModel):
-    """⊥/gap counts a candidate threshold pair would have produced on the same batch (not acted on)."""
+    """⊥/gap counts a candidate threshold pair would have produced on the same batch (not acted on).
+
+    Counts are per message status (like ``Counts``); ``elements_*`` are per output element.
+    """
 
     tau_infer: float
     tau_train: float | None
     total: int
     bottom: int
     gap: int
+    elements_bottom: int = 0
+    elements_gap: int = 0
 
 
 class StatsMessage(BaseModel):
@@ -70,3 +126,5 @@ class StatsMessage(BaseModel):
     elements_gap: int = 0
     by_label: dict[str, dict[str, Counts]] = Field(default_factory=dict)
     shadow: list[ShadowCounts] = Field(default_factory=list)
+    batch_seq: int = 0
+    partitions: dict[str, list[int]] = Field(default_factory=dict)

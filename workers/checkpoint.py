@@ -1,0 +1,197 @@
+"""The one owner of the delivery order (contract §4).
+
+A batch's offsets are committed only after (1) every record it produced (outputs, DLQ, fallback requests,
+stats) is acknowledged by the broker and (2) its ⊥ review records are confirmed by Redis. Batches become
+committable in the order they were consumed (a contiguous prefix), so a committed offset never skips over an
+unconfirmed message. Nothing here blocks for long: the loop calls :meth:`Checkpoint.progress` between polls;
+failed sends are re-sent and failed Redis writes retried with backoff while the consumer stays in its group.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.metrics import WorkerMetrics
+from workers.pipeline import BatchOutcome, Outgoing
+from workers.review import ReviewSink, ReviewStoreError
+from workers.transport.base import Consumer, DeliveryHandle, Producer, TopicPartition
+
+_KINDS_BY_TOPIC_ATTR = ("output", "dlq", "fallback", "stats")
+
+
+@dataclass
+class InFlight:
+    seq: int
+    offsets: dict[TopicPartition, int]
+    sends: list[Outgoing]
+    handles: list[DeliveryHandle]
+    reviews: BatchOutcome
+    reviews_done: bool = False
+    review_attempts: int = 0
+    next_review_try: float = 0.0
+    next_send_retry: float = 0.0
+    send_attempts: int = 0
+    input_timestamps_ms: list[int] = field(default_factory=list)
+    created: float = field(default_factory=time.monotonic)
+
+    def sends_acked(self) -> bool:
+        return all(h.done() and h.error() is None for h in self.handles)
+
+
+class Checkpoint:
+    def __init__(
+        self,
+        consumer: Consumer,
+        producer: Producer,
+        reviews: ReviewSink,
+        metrics: WorkerMetrics,
+        log: Any,
+        topic_kind: Callable[[str], str],
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.reviews = reviews
+        self.metrics = metrics
+        self.log = log
+        self.topic_kind = topic_kind
+        self.max_backoff_s = max_backoff_s
+        self.pending: deque[InFlight] = deque()
+        self.uncommitted: dict[TopicPartition, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
+        self._seq = 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending)
+
+    @property
+    def blocked_downstream(self) -> bool:
+        """True while a batch waits on a retry (Redis or a failed send): the downstream is slow or down."""
+        return any((b.review_attempts > 0 and not b.reviews_done) or b.send_attempts > 0 for b in self.pending)
+
+    def submit(self, outcome: BatchOutcome, extra: Iterable[Outgoing] = ()) -> InFlight:
+        """Send everything the batch produced and start its Redis write; returns immediately."""
+        self._seq += 1
+        sends = list(outcome.sends)
+        sends.extend(extra)
+        handles = [self.producer.send(s.topic, s.key, s.value, s.headers) for s in sends]
+        batch = InFlight(
+            self._seq, dict(outcome.offsets), sends, handles, outcome, input_timestamps_ms=outcome.input_timestamps_ms
+        )
+        self._write_reviews(batch, time.monotonic())
+        self.pending.append(batch)
+        self.metrics.in_flight.set(len(self.pending))
+        return batch
+
+    def _write_reviews(self, batch: InFlight, now: float) -> None:
+        if batch.reviews_done:
+            return
+        if not batch.reviews.reviews:
+            batch.reviews_done = True
+            return
+        try:
+            new = self.reviews.record_batch(batch.reviews.reviews)
+        except ReviewStoreError as exc:
+            batch.review_attempts += 1
+            delay = min(self.max_backoff_s, 0.05 * 2 ** min(batch.review_attempts, 10))
+            batch.next_review_try = now + delay
+            self.metrics.error("redis")
+            if batch.review_attempts in (1, 2, 4) or batch.review_attempts % 20 == 0:
+                self.log.error(
+                    "review_write_failed", error=str(exc), attempt=batch.review_attempts, retry_in_s=round(delay, 3)
+                )
+            return
+        if batch.review_attempts:
+            self.log.info("review_write_recovered", attempts=batch.review_attempts + 1)
+        batch.reviews_done = True
+        self.metrics.review_new.inc(new)
+
+    def _retry_failed_sends(self, batch: InFlight, now: float) -> None:
+        if now < batch.next_send_retry:
+            return
+        failed = [i for i, h in enumerate(batch.handles) if h.done() and h.error() is not None]
+        if not failed:
+            return
+        batch.send_attempts += 1
+        self.metrics.error("kafka_produce")
+        err = batch.handles[failed[0]].error()
+        if batch.send_attempts in (1, 2, 4) or batch.send_attempts % 20 == 0:
+            self.log.error("send_failed_resending", error=repr(err), records=len(failed), attempt=batch.send_attempts)
+        for i in failed:
+            s = batch.sends[i]
+            batch.handles[i] = self.producer.send(s.topic, s.key, s.value, s.headers)
+        batch.next_send_retry = now + min(self.max_backoff_s, 0.05 * 2 ** min(batch.send_attempts, 10))
+
+    def progress(self, commit: bool = True) -> int:
+        """Advance retries, move the durable prefix to ``uncommitted``, commit it. Returns batches completed."""
+        now = time.monotonic()
+        for b in self.pending:
+            if not b.reviews_done and now >= b.next_review_try:
+                self._write_reviews(b, now)
+            self._retry_failed_sends(b, now)
+        done = 0
+        while self.pending and self.pending[0].reviews_done and self.pending[0].sends_acked():
+            b = self.pending.popleft()
+            done += 1
+            for tp, off in b.offsets.items():
+                if off > self.uncommitted.get(tp, -1):
+                    self.uncommitted[tp] = off
+            kinds: dict[str, int] = {}
+            for s in b.sends:
+                k = self.topic_kind(s.topic)
+                kinds[k] = kinds.get(k, 0) + 1
+            self.metrics.batch_durable(kinds, b.input_timestamps_ms)
+        if done:
+            self.metrics.in_flight.set(len(self.pending))
+        if commit:
+            self.commit()
+        return done
+
+    def commit(self) -> bool:
+        offsets = {tp: off for tp, off in self.uncommitted.items() if self.committed.get(tp, -1) < off}
+        if not offsets:
+            return True
+        t0 = time.perf_counter()
+        try:
+            self.consumer.commit(offsets)
+        except Exception as exc:  # rebalance in progress, coordinator moved, broker down: retried next time
+            self.metrics.error("kafka_commit")
+            self.log.warning("commit_failed", error=repr(exc), partitions=len(offsets))
+            return False
+        self.metrics.commit_latency.observe(time.perf_counter() - t0)
+        self.committed.update(offsets)
+        for tp in offsets:
+            if self.uncommitted.get(tp) == offsets[tp]:
+                del self.uncommitted[tp]
+        return True
+
+    def drain(self, timeout_s: float, poll_idle: Callable[[], None] | None = None) -> bool:
+        """Wait (bounded) until every in-flight batch is durable, committing as they complete."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending and time.monotonic() < deadline:
+            if self.progress() == 0:
+                self.producer.flush(min(0.05, max(0.0, deadline - time.monotonic())))
+                if poll_idle is not None:
+                    poll_idle()
+                else:
+                    time.sleep(0.002)
+        self.progress()
+        return not self.pending
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> int:
+        """Partitions we no longer own: their uncommitted work is abandoned (the new owner redelivers it)."""
+        gone = set(partitions)
+        dropped = 0
+        for b in self.pending:
+            for tp in gone & set(b.offsets):
+                del b.offsets[tp]
+                dropped += 1
+        for tp in gone:
+            self.uncommitted.pop(tp, None)
+            self.committed.pop(tp, None)
+        return dropped

@@ -1,0 +1,127 @@
+"""Fallback controllers: what acts when the policy for a status (gap, ⊥) says ``fallback``.
+
+A controller either proposes a value for an entity, or routes the decision elsewhere (``external``), or says it
+cannot act (``None``). Controllers are tried in the configured order; the first that acts wins. If none can,
+the action becomes ``reject`` (no value is better than an invented one).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from workers.settings import WorkerSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    controller: str
+    value: list[float] | None
+    external: bool = False
+
+
+class FallbackController(Protocol):
+    """``observe`` sees every accepted (safe) model value; ``propose`` is asked when a fallback is needed."""
+
+    name: str
+
+    def observe(self, entity: str, value: list[float], now: float) -> None: ...
+
+    def propose(self, entity: str, width: int, now: float) -> Decision | None: ...
+
+
+class HoldLastSafe:
+    """Hold the last accepted value per entity, for at most ``max_age_s``; LRU-bounded memory.
+
+    Keyed by entity, which is also the Kafka key, so an entity's history lives on the worker that owns its
+    partition. After a rebalance the new owner starts empty: it falls through to the next controller until it
+    has seen a safe value, which is the conservative choice.
+    """
+
+    name = "hold_last"
+
+    def __init__(self, max_age_s: float, max_entities: int = 100_000) -> None:
+        self.max_age_s = max_age_s
+        self.max_entities = max_entities
+        self._last: OrderedDict[str, tuple[list[float], float]] = OrderedDict()
+
+    def observe(self, entity: str, value: list[float], now: float) -> None:
+        last = self._last
+        last[entity] = (value, now)
+        last.move_to_end(entity)
+        if len(last) > self.max_entities:
+            last.popitem(last=False)
+
+    def propose(self, entity: str, width: int, now: float) -> Decision | None:
+        got = self._last.get(entity)
+        if got is None or now - got[1] > self.max_age_s or len(got[0]) != width:
+            return None
+        return Decision(self.name, got[0])
+
+    def forget(self) -> None:
+        self._last.clear()
+
+
+class ConstantSafe:
+    """A configured safe value (one number broadcast to every output, or one per output)."""
+
+    name = "constant"
+
+    def __init__(self, value: Sequence[float]) -> None:
+        if not value:
+            raise ValueError("constant fallback needs at least one value")
+        self.value = list(value)
+
+    def observe(self, entity: str, value: list[float], now: float) -> None:
+        return None
+
+    def propose(self, entity: str, width: int, now: float) -> Decision | None:
+        if len(self.value) == width:
+            return Decision(self.name, self.value)
+        if len(self.value) == 1:
+            return Decision(self.name, self.value * width)
+        return None
+
+
+class ExternalController:
+    """Hands the decision to an external controller: the worker publishes the request on ``zeroproof.fallback``
+    (same key) and the output names ``external`` with no value of its own. Always able to act."""
+
+    name = "external"
+
+    def observe(self, entity: str, value: list[float], now: float) -> None:
+        return None
+
+    def propose(self, entity: str, width: int, now: float) -> Decision | None:
+        return Decision(self.name, None, external=True)
+
+
+class FallbackChain:
+    def __init__(self, controllers: Sequence[FallbackController]) -> None:
+        self.controllers = list(controllers)
+        self._observers = [c for c in self.controllers if not isinstance(c, (ConstantSafe, ExternalController))]
+
+    def observe(self, entity: str, value: list[float], now: float) -> None:
+        for c in self._observers:
+            c.observe(entity, value, now)
+
+    def decide(self, entity: str, width: int, now: float) -> Decision | None:
+        for c in self.controllers:
+            d = c.propose(entity, width, now)
+            if d is not None:
+                return d
+        return None
+
+
+def build_chain(settings: WorkerSettings) -> FallbackChain:
+    controllers: list[FallbackController] = []
+    for name in settings.controller_names:
+        if name == "hold_last":
+            controllers.append(HoldLastSafe(settings.fallback_max_age_s, settings.fallback_max_entities))
+        elif name == "constant":
+            controllers.append(ConstantSafe(settings.fallback_constant_values))
+        elif name == "external":
+            controllers.append(ExternalController())
+    return FallbackChain(controllers)

@@ -1,0 +1,442 @@
+"""One micro-batch: records in → validated, one forward, strict decode, routing → everything to make durable.
+
+Pure with respect to I/O: ``process_batch`` returns a :class:`BatchOutcome` (messages to send, review records
+to write, offsets, counts) and the worker loop makes it durable. The only per-message Python is JSON parse and
+validation (pydantic-core, in Rust), building the output dict and ``orjson.dumps``; the model, the decode, the
+masks and the shadow thresholds are one vectorised call each per batch.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+from pydantic import ValidationError
+from torch import Tensor
+
+from workers.fallback import FallbackChain
+from workers.messages import DLQ_SCHEMA, OUTPUT_SCHEMA, Counts, InputMessage, ShadowCounts, StatsMessage
+from workers.model import ModelRuntime
+from workers.transport.base import Record, TopicPartition
+from zeroproof.inference import InferenceConfig, strict_inference
+
+#: DLQ reasons (also the ``reason`` label of the DLQ metric).
+DLQ_REASONS = (
+    "empty",
+    "invalid_json",
+    "missing_field",
+    "wrong_type",
+    "non_finite_literal",
+    "wrong_feature_count",
+    "model_error",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Policy per status (``accept`` | ``fallback`` | ``reject``) and the controllers to ask."""
+
+    ok: str
+    gap: str
+    bottom: str
+    chain: FallbackChain
+
+
+@dataclass(slots=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(slots=True)
+class ReviewItem:
+    """A ⊥ input for the Redis review log; ``record`` is the JSON document stored once per input id."""
+
+    input_id: str
+    record: bytes
+    score: float
+
+
+@dataclass(slots=True)
+class BottomEvent:
+    input_id: str
+    entity: str | None
+    topic: str
+    partition: int
+    offset: int
+    elements: int
+
+
+@dataclass
+class BatchOutcome:
+    sends: list[Outgoing] = field(default_factory=list)
+    reviews: list[ReviewItem] = field(default_factory=list)
+    bottoms: list[BottomEvent] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    counts: Counts = field(default_factory=Counts)
+    dlq: dict[str, int] = field(default_factory=dict)
+    elements_total: int = 0
+    elements_bottom: int = 0
+    elements_gap: int = 0
+    by_label: dict[str, dict[str, Counts]] = field(default_factory=dict)
+    shadow: list[ShadowCounts] = field(default_factory=list)
+    model_version: str = ""
+    tau_infer: float = 0.0
+    tau_train: float | None = None
+    outputs: int = 0
+    fallback_by: dict[str, int] = field(default_factory=dict)
+    compute_s: float = 0.0
+    #: producer timestamps (ms) of the inputs that got an output, for end-to-end latency.
+    input_timestamps_ms: list[int] = field(default_factory=list)
+    #: ``{"topic:partition": [first_offset, last_offset]}`` covered by the batch.
+    spans: dict[str, list[int]] = field(default_factory=dict)
+
+
+def _classify(exc: ValidationError) -> tuple[str, str]:
+    errors = exc.errors(include_url=False)
+    err = errors[0]
+    kind = err.get("type", "")
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    detail = f"{loc}: {err.get('msg', '')}" if loc else str(err.get("msg", ""))
+    if kind == "json_invalid":
+        return "invalid_json", detail[:300]
+    if kind == "missing":
+        return "missing_field", detail[:300]
+    if kind == "finite_number":
+        return "non_finite_literal", detail[:300]
+    return "wrong_type", detail[:300]
+
+
+def _dlq(rec: Record, reason: str, detail: str, dlq_topic: str, worker_id: str) -> Outgoing:
+    raw = rec.value or b""
+    try:
+        text: str | None = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    doc = {
+        "schema": DLQ_SCHEMA,
+        "reason": reason,
+        "detail": detail,
+        "original_b64": base64.b64encode(raw).decode("ascii"),
+        "original_text": text,
+        "topic": rec.topic,
+        "partition": rec.partition,
+        "offset": rec.offset,
+        "key": rec.key.decode("utf-8", "replace") if rec.key is not None else None,
+        "worker_id": worker_id,
+    }
+    headers = (
+        ("zeroproof-reason", reason.encode()),
+        ("zeroproof-source", f"{rec.topic}:{rec.partition}:{rec.offset}".encode()),
+    )
+    return Outgoing(dlq_topic, rec.key, orjson.dumps(doc), headers)
+
+
+def _features_array(rows: Sequence[list[float | int | None]], width: int) -> np.ndarray:
+    """float64 (B, F) with NaN for ``null``; giant integers (beyond float64) become inf (→ ⊥), never a crash."""
+    try:
+        return np.array(rows, dtype=np.float64).reshape(len(rows), width)
+    except (OverflowError, ValueError, TypeError):
+        out = np.empty((len(rows), width), dtype=np.float64)
+        for i, row in enumerate(rows):
+            for j, v in enumerate(row):
+                if v is None:
+                    out[i, j] = math.nan
+                else:
+                    try:
+                        out[i, j] = float(v)
+                    except OverflowError:
+                        out[i, j] = math.inf if v > 0 else -math.inf
+        return out
+
+
+def _row_status(bottom: Tensor, gap: Tensor) -> tuple[Tensor, Tensor]:
+    rb = bottom.any(dim=1)
+    rg = gap.any(dim=1) & ~rb
+    return rb, rg
+
+
+def _shadow_counts(
+    N: Tensor, D: Tensor, bad_rows: Tensor | None, pairs: Sequence[tuple[float, float | None]]
+) -> list[ShadowCounts]:
+    out = []
+    for ti, tt in pairs:
+        _, b, g = strict_inference(N, D, InferenceConfig(tau_infer=ti, tau_train=tt))
+        if bad_rows is not None:
+            b[bad_rows] = True
+            g[bad_rows] = False
+        rb, rg = _row_status(b, g)
+        out.append(
+            ShadowCounts(
+                tau_infer=ti,
+                tau_train=tt,
+                total=int(N.shape[0]),
+                bottom=int(rb.sum()),
+                gap=int(rg.sum()),
+                elements_bottom=int(b.sum()),
+                elements_gap=int(g.sum()),
+            )
+        )
+    return out
+
+
+@dataclass
+class PipelineConfig:
+    output_topic: str
+    dlq_topic: str
+    fallback_topic: str
+    worker_id: str
+    stats_labels: Sequence[str] = ()
+    shadow_pairs: Sequence[tuple[float, float | None]] = ()
+
+
+def process_batch(
+    records: Sequence[Record],
+    runtime: ModelRuntime,
+    routing: Routing,
+    cfg: PipelineConfig,
+    now: float | None = None,
+) -> BatchOutcome:
+    """Validate, infer, decode and route one micro-batch; never raises for a bad message."""
+    out = BatchOutcome(
+        model_version=runtime.model_version, tau_infer=runtime.config.tau_infer, tau_train=runtime.config.tau_train
+    )
+    now = time.time() if now is None else now
+    offsets = out.offsets
+    for rec in records:
+        tp = rec.tp
+        nxt = rec.offset + 1
+        if offsets.get(tp, -1) < nxt:
+            offsets[tp] = nxt
+        span = out.spans.setdefault(f"{rec.topic}:{rec.partition}", [rec.offset, rec.offset])
+        span[0] = min(span[0], rec.offset)
+        span[1] = max(span[1], rec.offset)
+
+    def to_dlq(rec: Record, reason: str, detail: str) -> None:
+        out.sends.append(_dlq(rec, reason, detail, cfg.dlq_topic, cfg.worker_id))
+        out.dlq[reason] = out.dlq.get(reason, 0) + 1
+
+    # 1. parse + validate (pydantic-core parses the JSON itself: one pass, strict, NaN literals rejected)
+    by_width: dict[int, list[tuple[Record, InputMessage]]] = {}
+    validate = InputMessage.model_validate_json
+    for rec in records:
+        if not rec.value:
+            to_dlq(rec, "empty", "message has no value")
+            continue
+        try:
+            msg = validate(rec.value)
+        except ValidationError as exc:
+            reason, detail = _classify(exc)
+            to_dlq(rec, reason, detail)
+            continue
+        by_width.setdefault(len(msg.features), []).append((rec, msg))
+
+    for width, group in by_width.items():
+        if not runtime.accepts_width(width):
+            expected = runtime.in_features
+            for rec, _ in group:
+                to_dlq(rec, "wrong_feature_count", f"got {width} features, the model expects {expected}")
+            continue
+        _infer_group(group, width, runtime, routing, cfg, out, now)
+    return out
+
+
+def _infer_group(
+    group: list[tuple[Record, InputMessage]],
+    width: int,
+    runtime: ModelRuntime,
+    routing: Routing,
+    cfg: PipelineConfig,
+    out: BatchOutcome,
+    now: float,
+) -> None:
+    t0 = time.perf_counter()
+    x64 = _features_array([m.features for _, m in group], width)
+    x = x64.astype(np.float32)
+    bad: np.ndarray[Any, Any] = np.asarray(
+        ~np.isfinite(x).all(axis=1)
+    )  # null, NaN or float32 overflow: a ⊥ input whatever the model says
+    any_bad = bool(bad.any())
+    if any_bad:
+        x[bad] = 0.0
+    N, D, failed = runtime.forward(x)
+    if failed:
+        failed_set = set(failed)
+        for i in failed:
+            rec = group[i][0]
+            out.sends.append(_dlq(rec, "model_error", "the model raised on this input", cfg.dlq_topic, cfg.worker_id))
+            out.dlq["model_error"] = out.dlq.get("model_error", 0) + 1
+        keep = [i for i in range(len(group)) if i not in failed_set]
+        idx = torch.tensor(keep, dtype=torch.long, device=N.device)
+        N, D = N.index_select(0, idx), D.index_select(0, idx)
+        group = [group[i] for i in keep]
+        bad = bad[keep]
+        any_bad = bool(bad.any())
+        if not group:
+            return
+    decoded, bottom, gap = strict_inference(N, D, runtime.config)
+    bad_t: Tensor | None = None
+    if any_bad:
+        bad_t = torch.from_numpy(bad).to(N.device)
+        bottom[bad_t] = True
+        gap[bad_t] = False
+        decoded[bad_t] = float("nan")
+    out.shadow.extend(_shadow_counts(N, D, bad_t, cfg.shadow_pairs))
+    rb, rg = _row_status(bottom, gap)
+    decoded_l = decoded.cpu().tolist()
+    bottom_l = bottom.cpu().tolist()
+    gap_l = gap.cpu().tolist()
+    rb_l = rb.cpu().tolist()
+    rg_l = rg.cpu().tolist()
+    n_bottom_rows = int(rb.sum())
+    N_cpu = N.cpu() if n_bottom_rows else None
+    D_cpu = D.cpu() if n_bottom_rows else None
+    out.compute_s += time.perf_counter() - t0
+
+    counts = out.counts
+    out.elements_total += bottom.numel()
+    out.elements_bottom += int(bottom.sum())
+    out.elements_gap += int(gap.sum())
+    policy = {"ok": routing.ok, "gap": routing.gap, "bottom": routing.bottom}
+    chain = routing.chain
+    mv, ti, tt = runtime.model_version, runtime.config.tau_infer, runtime.config.tau_train
+    out_width = len(decoded_l[0]) if decoded_l else 0
+    labels_wanted = cfg.stats_labels
+    sends = out.sends
+    dumps = orjson.dumps
+    for i, (rec, msg) in enumerate(group):
+        status = "bottom" if rb_l[i] else ("gap" if rg_l[i] else "ok")
+        value = decoded_l[i]
+        entity = msg.entity if msg.entity is not None else (rec.key.decode("utf-8", "replace") if rec.key else None)
+        action = policy[status]
+        controller: str | None = None
+        fb_value: list[float] | None = None
+        external = False
+        ent_key = entity or ""
+        if action == "fallback":
+            d = chain.decide(ent_key, out_width, now)
+            if d is None:
+                action = "reject"
+            else:
+                controller, fb_value, external = d.controller, d.value, d.external
+        elif status == "ok" and action == "accept":
+            chain.observe(ent_key, value, now)
+        counts.total += 1
+        if status == "bottom":
+            counts.bottom += 1
+        elif status == "gap":
+            counts.gap += 1
+        if action == "fallback":
+            counts.fallback += 1
+            fb = out.fallback_by
+            fb[controller or ""] = fb.get(controller or "", 0) + 1
+        elif action == "reject":
+            counts.rejected += 1
+        doc: dict[str, Any] = {
+            "schema": OUTPUT_SCHEMA,
+            "id": msg.id,
+            "entity": entity,
+            "value": value,
+            "bottom": bottom_l[i],
+            "gap": gap_l[i],
+            "status": status,
+            "action": action,
+            "fallback_controller": controller,
+            "fallback_value": fb_value,
+            "model_version": mv,
+            "tau_infer": ti,
+            "tau_train": tt,
+            "topic": rec.topic,
+            "partition": rec.partition,
+            "offset": rec.offset,
+            "worker_id": cfg.worker_id,
+            "ts": msg.ts,
+            "labels": msg.labels,
+        }
+        sends.append(Outgoing(cfg.output_topic, rec.key, dumps(doc)))
+        out.input_timestamps_ms.append(rec.timestamp_ms)
+        if external:
+            req = {
+                "id": msg.id,
+                "entity": entity,
+                "status": status,
+                "features": msg.features,
+                "model_value": value,
+                "bottom": bottom_l[i],
+                "gap": gap_l[i],
+                "model_version": mv,
+                "tau_infer": ti,
+                "tau_train": tt,
+                "topic": rec.topic,
+                "partition": rec.partition,
+                "offset": rec.offset,
+                "worker_id": cfg.worker_id,
+            }
+            sends.append(Outgoing(cfg.fallback_topic, rec.key, dumps(req)))
+        if status == "bottom":
+            assert N_cpu is not None
+            assert D_cpu is not None
+            review = {
+                "id": msg.id,
+                "entity": entity,
+                "input": msg.model_dump(mode="json"),
+                "key": rec.key.decode("utf-8", "replace") if rec.key is not None else None,
+                "N": N_cpu[i].tolist(),
+                "D": D_cpu[i].tolist(),
+                "value": value,
+                "bottom": bottom_l[i],
+                "gap": gap_l[i],
+                "nonfinite_input": bool(bad[i]),
+                "model_version": mv,
+                "tau_infer": ti,
+                "tau_train": tt,
+                "topic": rec.topic,
+                "partition": rec.partition,
+                "offset": rec.offset,
+                "worker_id": cfg.worker_id,
+                "recorded_at": now,
+            }
+            out.reviews.append(ReviewItem(msg.id, dumps(review), now))
+            out.bottoms.append(BottomEvent(msg.id, entity, rec.topic, rec.partition, rec.offset, sum(bottom_l[i])))
+        if labels_wanted:
+            for name in labels_wanted:
+                lv = msg.labels.get(name)
+                if lv is None:
+                    continue
+                c = out.by_label.setdefault(name, {}).setdefault(lv, Counts())
+                c.total += 1
+                c.bottom += status == "bottom"
+                c.gap += status == "gap"
+                c.fallback += action == "fallback"
+                c.rejected += action == "reject"
+    out.outputs += len(group)
+
+
+def stats_message(out: BatchOutcome, worker_id: str, window_start: float, window_end: float, seq: int) -> bytes:
+    msg = StatsMessage(
+        worker_id=worker_id,
+        model_version=out.model_version,
+        tau_infer=out.tau_infer,
+        tau_train=out.tau_train,
+        window_start=window_start,
+        window_end=window_end,
+        counts=out.counts,
+        dlq=sum(out.dlq.values()),
+        elements_total=out.elements_total,
+        elements_bottom=out.elements_bottom,
+        elements_gap=out.elements_gap,
+        by_label=out.by_label,
+        shadow=out.shadow,
+        batch_seq=seq,
+        partitions=out.spans,
+    )
+    return msg.model_dump_json(by_alias=True).encode()

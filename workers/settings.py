@@ -1,0 +1,307 @@
+"""Worker configuration (contract §2): environment variables ``ZEROPROOF_*``, overridden by CLI flags.
+
+Every field ``foo_bar`` is read from ``ZEROPROOF_FOO_BAR`` and can be overridden with ``--foo-bar``. List-like
+settings are comma-separated strings (so that env and flags look the same). Secrets are ``SecretStr``: they
+print as ``**********`` and are only unwrapped where a client is built. Invalid configuration is reported as
+one line naming the setting (:func:`load_settings`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Policy = Literal["accept", "fallback", "reject"]
+FALLBACK_KINDS = ("hold_last", "constant", "external")
+ENV_PREFIX = "ZEROPROOF_"
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def parse_float_list(text: str) -> list[float]:
+    """``"0.0, 1.5"`` → ``[0.0, 1.5]``; every entry must be a finite number."""
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        v = float(part)
+        if not math.isfinite(v):
+            raise ValueError(f"{part!r} is not a finite number")
+        values.append(v)
+    return values
+
+
+def parse_threshold_pairs(text: str) -> list[tuple[float, float | None]]:
+    """``"1e-5:1e-3, 1e-7:none"`` → candidate (tau_infer, tau_train) pairs, validated like ``InferenceConfig``."""
+    from zeroproof.inference import InferenceConfig
+
+    pairs: list[tuple[float, float | None]] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        ti_text, sep, tt_text = part.partition(":")
+        if not sep:
+            raise ValueError(f"{part!r} is not TAU_INFER:TAU_TRAIN")
+        tt = None if tt_text.strip().lower() in ("", "none") else float(tt_text)
+        cfg = InferenceConfig(tau_infer=float(ti_text), tau_train=tt)
+        pairs.append((cfg.tau_infer, cfg.tau_train))
+    return pairs
+
+
+def redact_url(url: str) -> str:
+    """Drop the password from a URL so that it can be logged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    netloc = f"{parts.username}:***@{netloc}" if parts.username else f":***@{netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class WorkerSettings(BaseSettings):
+    """All worker settings; see docs/worker.md for the table."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+
+    # --- endpoints and topics (contract §2)
+    kafka_bootstrap: str = "localhost:9092"
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    model: Path | None = None
+    model_sha256: str | None = None
+    tau_infer: float | None = None
+    tau_train: float | None = None
+    thresholds_file: Path | None = None
+    input_topic: str = "zeroproof.inputs"
+    output_topic: str = "zeroproof.outputs"
+    fallback_topic: str = "zeroproof.fallback"
+    dlq_topic: str = "zeroproof.dlq"
+    stats_topic: str = "zeroproof.stats"
+    alerts_topic: str = "zeroproof.alerts"
+    group_id: str = "zeroproof-worker"
+    worker_id: str = Field(default_factory=_default_worker_id)
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+
+    # --- batching and flow control
+    max_batch_size: int = Field(default=512, ge=1, le=100_000)
+    max_batch_delay_ms: float = Field(default=20.0, gt=0, le=60_000)
+    max_in_flight_batches: int = Field(default=1, ge=1, le=64)
+    max_poll_records: int = Field(default=2048, ge=1)
+    drain_timeout_s: float = Field(default=10.0, gt=0)
+    device: str = "auto"
+
+    # --- kafka client
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    fetch_max_wait_ms: int = Field(default=50, ge=0)
+    producer_linger_ms: int = Field(default=5, ge=0)
+    producer_batch_size: int = Field(default=262_144, ge=1024)
+    producer_acks: Literal["all", "1"] = "all"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
+
+    # --- redis client
+    redis_password: SecretStr | None = None
+    redis_ssl_ca_file: Path | None = None
+    redis_key_prefix: str = "zeroproof:review"
+    redis_timeout_s: float = Field(default=2.0, gt=0)
+
+    # --- start-up
+    startup_max_backoff_s: float = Field(default=30.0, gt=0)
+    startup_timeout_s: float = Field(default=0.0, ge=0, description="0 = keep retrying until stopped")
+
+    # --- routing
+    policy_ok: Policy = "accept"
+    policy_gap: Policy = "fallback"
+    policy_bottom: Policy = "fallback"
+    fallback_controllers: str = "hold_last,external"
+    fallback_max_age_s: float = Field(default=5.0, gt=0)
+    fallback_constant: str = ""
+    fallback_max_entities: int = Field(default=100_000, ge=1)
+
+    # --- observability
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    bottom_log_rate: float = Field(default=10.0, ge=0, description="⊥ log events per second; the rest counted")
+    stats_labels: str = ""
+    shadow_thresholds: str = ""
+
+    # --- hot reload
+    reload_check_s: float = Field(default=2.0, ge=0, description="0 = only on SIGHUP")
+
+    @field_validator("tau_infer", "tau_train")
+    @classmethod
+    def _threshold(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v < 0):
+            raise ValueError(f"must be a finite number >= 0, got {v!r}")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model_file(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"model file not found: {v}")
+        return v
+
+    @field_validator("thresholds_file")
+    @classmethod
+    def _thresholds_file(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"thresholds file not found: {v}")
+        return v
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, v: str) -> str:
+        hosts = [h.strip() for h in v.split(",") if h.strip()]
+        if not hosts:
+            raise ValueError("needs at least one host:port")
+        for h in hosts:
+            host, sep, port = h.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{h!r} is not host:port")
+        return ",".join(hosts)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: SecretStr) -> SecretStr:
+        scheme = urlsplit(v.get_secret_value()).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                f"scheme must be redis://, rediss:// or unix://, got {scheme + '://' if scheme else 'none'}"
+            )
+        return v
+
+    @field_validator("fallback_controllers")
+    @classmethod
+    def _controllers(cls, v: str) -> str:
+        names = [n.strip() for n in v.split(",") if n.strip()]
+        for n in names:
+            if n not in FALLBACK_KINDS:
+                raise ValueError(f"unknown controller {n!r}; choose from {', '.join(FALLBACK_KINDS)}")
+        return ",".join(names)
+
+    @field_validator("fallback_constant")
+    @classmethod
+    def _constant(cls, v: str) -> str:
+        parse_float_list(v)
+        return v
+
+    @field_validator("shadow_thresholds")
+    @classmethod
+    def _shadow(cls, v: str) -> str:
+        parse_threshold_pairs(v)
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "auto" and not (v == "cpu" or v.startswith("cuda")):
+            raise ValueError(f"must be auto, cpu or cuda[:N], got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WorkerSettings:
+        if self.tau_infer is not None and self.tau_train is not None and self.tau_train < self.tau_infer:
+            raise ValueError("tau_train must be >= tau_infer (the gap is [tau_infer, tau_train))")
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
+        if "constant" in self.controller_names and not self.fallback_constant_values:
+            raise ValueError("fallback_controllers names 'constant' but ZEROPROOF_FALLBACK_CONSTANT is empty")
+        if self.kafka_security_protocol.startswith("SASL") and self.kafka_sasl_mechanism is None:
+            raise ValueError("kafka_security_protocol SASL_* needs ZEROPROOF_KAFKA_SASL_MECHANISM")
+        if self.drain_timeout_s * 1000 >= self.max_poll_interval_ms:
+            raise ValueError("drain_timeout_s must stay below max_poll_interval_ms")
+        return self
+
+    # --- parsed views
+    @property
+    def controller_names(self) -> list[str]:
+        return [n for n in self.fallback_controllers.split(",") if n]
+
+    @property
+    def fallback_constant_values(self) -> list[float]:
+        return parse_float_list(self.fallback_constant)
+
+    @property
+    def shadow_pairs(self) -> list[tuple[float, float | None]]:
+        return parse_threshold_pairs(self.shadow_thresholds)
+
+    @property
+    def stats_label_names(self) -> list[str]:
+        return [n.strip() for n in self.stats_labels.split(",") if n.strip()]
+
+    @property
+    def max_batch_delay_s(self) -> float:
+        return self.max_batch_delay_ms / 1000.0
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings safe to log: secrets masked, the Redis URL without its password."""
+        out = self.model_dump(mode="json")
+        out["redis_url"] = redact_url(self.redis_url.get_secret_value())
+        return out
+
+
+class SettingsError(Exception):
+    """One line naming the bad setting, ready to print."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_arg_parser(prog: str = "zeroproof-worker") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Streaming strict-inference worker. Every flag overrides its ZEROPROOF_* environment variable.",
+    )
+    for name, _field in WorkerSettings.model_fields.items():
+        env = ENV_PREFIX + name.upper()
+        parser.add_argument(_flag(name), dest=name, default=None, metavar="VALUE", help=f"(env {env})")
+    return parser
+
+
+def describe_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err.get("loc", ()) if not isinstance(p, int)]
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if loc:
+        name = loc[0]
+        return f"invalid setting {ENV_PREFIX}{name.upper()} ({_flag(name)}): {msg}"
+    return f"invalid settings: {msg}"
+
+
+def load_settings(argv: Sequence[str] | None = None, **overrides: Any) -> WorkerSettings:
+    """Environment, then CLI flags, then ``overrides``; raises :class:`SettingsError` with one clear line."""
+    args = build_arg_parser().parse_args(argv)
+    cli = {k: v for k, v in vars(args).items() if v is not None}
+    cli.update(overrides)
+    try:
+        return WorkerSettings(**cli)
+    except ValidationError as exc:
+        raise SettingsError(describe_error(exc)) from None

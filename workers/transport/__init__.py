@@ -1,0 +1,8 @@
+"""Kafka seen through a small interface, so the worker loop is testable without a broker.
+
+``base`` defines the interface, ``kafka`` implements it with kafka-python, ``memory`` in-process (unit tests).
+"""
+
+from workers.transport.base import Consumer, DeliveryHandle, Producer, RebalanceListener, Record, TopicPartition
+
+__all__ = ["Consumer", "DeliveryHandle", "Producer", "RebalanceListener", "Record", "TopicPartition"]

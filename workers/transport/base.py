@@ -1,0 +1,73 @@
+"""The transport interface the worker needs: poll/pause/resume/commit, and asynchronous acknowledged sends."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed message. ``timestamp_ms`` is the broker/producer timestamp (for end-to-end latency)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int = 0
+    headers: tuple[tuple[str, bytes], ...] = field(default=())
+
+    @property
+    def tp(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+
+class RebalanceListener(Protocol):
+    """Called from inside ``Consumer.poll`` (same thread), as Kafka's rebalance protocol dictates."""
+
+    def on_revoked(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+
+class DeliveryHandle(Protocol):
+    """An in-flight send. ``done()`` never blocks; ``error()`` is ``None`` once acknowledged by the broker."""
+
+    def done(self) -> bool: ...
+
+    def error(self) -> BaseException | None: ...
+
+
+class Consumer(Protocol):
+    def subscribe(self, topic: str, listener: RebalanceListener) -> None: ...
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Record]: ...
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Synchronously commit ``offset`` = the next offset to read, per partition; raises on failure."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Producer(Protocol):
+    def send(
+        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> DeliveryHandle: ...
+
+    def flush(self, timeout_s: float) -> None: ...
+
+    def close(self, timeout_s: float) -> None: ...
