@@ -99,9 +99,12 @@ def available(device: torch.device | str = "cpu") -> bool:
 
 
 def supports(N: Tensor, D: Tensor) -> bool:
-    """The fused path takes same-shape float32/float64 tensors on one device with a kernel available."""
+    """The fused path takes same-shape float32/float64 tensors on one device with a kernel available.
+
+    On CUDA only float32: Triton passes scalar arguments as fp32, which is exact only for float32 thresholds.
+    """
     return (
-        N.dtype in _FUSED_DTYPES
+        (N.dtype in _FUSED_DTYPES if N.device.type == "cpu" else N.dtype == torch.float32)
         and N.dtype == D.dtype
         and N.shape == D.shape
         and N.device == D.device
@@ -122,6 +125,8 @@ def decode_fused(N: Tensor, D: Tensor, tau_infer: float, tau_train: float) -> tu
     if n.numel() == 0:
         return out, bottom, gap
     if n.device.type == "cuda":
+        if n.dtype != torch.float32:
+            raise TypeError("fused CUDA decode takes float32 (Triton passes thresholds as fp32)")
         launch = _triton_kernel()
         if launch is None:
             raise RuntimeError("fused CUDA decode needs triton")
