@@ -1,0 +1,1 @@
+"""The embedded stack behind `make run`: broker, Redis, model, worker, monitor and a robot-arm event producer."""
