@@ -29,7 +29,8 @@ def register_architecture(name: str) -> Callable[[M], M]:
 
 def _load_builtins() -> None:
     # Importing the modules runs their @register_architecture decorators.
-    import zeroproof.layers.projective  # noqa: F401
+    import zeroproof.layers.projective
+    import zeroproof.models.arm  # noqa: F401
 
 
 def registered() -> list[str]:

@@ -1,0 +1,24 @@
+"""Training projective models: ``SCMTrainer`` with resumable checkpoints, threshold perturbation, calibration."""
+
+from zeroproof.training.calibration import CalibrationRow, choose_tau_infer, default_candidates, sweep_tau_infer
+from zeroproof.training.perturbation import ThresholdPerturbation
+from zeroproof.training.trainer import (
+    CHECKPOINT_FORMAT,
+    EarlyStoppingConfig,
+    SCMTrainer,
+    TrainerConfig,
+    evaluate_projective,
+)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CalibrationRow",
+    "EarlyStoppingConfig",
+    "SCMTrainer",
+    "ThresholdPerturbation",
+    "TrainerConfig",
+    "choose_tau_infer",
+    "default_candidates",
+    "evaluate_projective",
+    "sweep_tau_infer",
+]
