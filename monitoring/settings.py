@@ -1,0 +1,218 @@
+"""Monitor configuration (contract §2): environment variables ``ZEROPROOF_*``, overridden by CLI flags.
+
+Every field ``foo_bar`` is read from ``ZEROPROOF_FOO_BAR`` and can be overridden with ``--foo-bar``, like the
+worker's settings. Durations are seconds, or a number with a unit (``500ms``, ``90s``, ``5m``, ``1h``). Invalid
+configuration is reported as one line naming the setting (:func:`load_settings`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "ZEROPROOF_"
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """``300``, ``"300"``, ``"5m"`` → 300.0 seconds; negative or non-finite durations are rejected."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or e.g. '5m'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION.match(value)
+        if m is None:
+            raise ValueError(f"{value!r} is not a duration (seconds, or a number with ms/s/m/h)")
+        seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    else:
+        raise ValueError("a duration is a number of seconds or e.g. '5m'")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("a duration must be finite and >= 0")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class MonitorSettings(BaseSettings):
+    """Everything the monitor reads at start-up. Defaults follow the seed: coverage < 90%, gap > 5%, ⊥ rise."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", case_sensitive=False)
+
+    # Shared with the workers (contract §2).
+    kafka_bootstrap: str = "localhost:9092"
+    kafka_timeout: Duration = 30.0
+    stats_topic: str = Field(default="zeroproof.stats", min_length=1)
+    alerts_topic: str = Field(default="zeroproof.alerts", min_length=1)
+    group_id: str = Field(default="zeroproof-monitor", min_length=1)
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
+
+    # Aggregation.
+    monitor_label: str | None = None
+    short_window: Duration = 300.0
+    long_window: Duration = 3600.0
+    bucket: Duration = 5.0
+    eval_interval: Duration = 15.0
+    allowed_lateness: Duration = 5.0
+    max_series_labels: int = Field(default=200, ge=1)
+    max_clock_skew: Duration = 600.0
+
+    # Rules (value thresholds, clear levels for hysteresis, pending durations).
+    coverage_threshold: Rate = 0.90
+    coverage_clear: Rate = 0.92
+    coverage_pending: Duration = 60.0
+    gap_threshold: Rate = 0.05
+    gap_clear: Rate = 0.04
+    gap_pending: Duration = 60.0
+    bottom_rise_factor: float = Field(default=3.0, ge=1.0)
+    bottom_rise_floor: Rate = 0.02
+    bottom_rise_clear_factor: float = Field(default=1.5, ge=1.0)
+    bottom_rise_clear_floor: Rate = 0.01
+    bottom_rise_pending: Duration = 60.0
+    min_volume: int = Field(default=200, ge=0)
+    baseline_min_volume: int = Field(default=1000, ge=0)
+    clear_for: Duration = 60.0
+    no_data_after: Duration = 120.0
+
+    # Sinks.
+    alertmanager_url: str | None = None
+    alertmanager_resend: Duration = 60.0
+    alertmanager_timeout: Duration = 5.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = True
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, v: str) -> str:
+        hosts = [h.strip() for h in v.split(",") if h.strip()]
+        if not hosts:
+            raise ValueError("expected host:port[,host:port...]")
+        for h in hosts:
+            host, sep, port = h.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{h!r} is not host:port")
+        return ",".join(hosts)
+
+    @field_validator("monitor_label")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        return v.strip() or None if v is not None else None
+
+    @field_validator("alertmanager_url")
+    @classmethod
+    def _alertmanager(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        parts = urlsplit(v.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("expected an http(s) URL of Alertmanager, e.g. http://alertmanager:9093")
+        return v.strip().rstrip("/")
+
+    @field_validator("bucket", "eval_interval", "short_window", "long_window", "alertmanager_timeout", "kafka_timeout")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MonitorSettings:
+        def multiple(name: str, value: float) -> None:
+            ratio = value / self.bucket
+            if abs(ratio - round(ratio)) > 1e-9:
+                raise _field_error(name, f"must be a multiple of ZEROPROOF_BUCKET ({self.bucket:g}s)")
+
+        for name in ("short_window", "long_window", "eval_interval"):
+            multiple(name, getattr(self, name))
+        if self.long_window <= self.short_window:
+            raise _field_error("long_window", "must be longer than ZEROPROOF_SHORT_WINDOW")
+        if self.coverage_clear < self.coverage_threshold:
+            raise _field_error("coverage_clear", "must be >= ZEROPROOF_COVERAGE_THRESHOLD (hysteresis)")
+        if self.gap_clear > self.gap_threshold:
+            raise _field_error("gap_clear", "must be <= ZEROPROOF_GAP_THRESHOLD (hysteresis)")
+        if self.bottom_rise_clear_factor > self.bottom_rise_factor:
+            raise _field_error("bottom_rise_clear_factor", "must be <= ZEROPROOF_BOTTOM_RISE_FACTOR (hysteresis)")
+        if self.bottom_rise_clear_floor > self.bottom_rise_floor:
+            raise _field_error("bottom_rise_clear_floor", "must be <= ZEROPROOF_BOTTOM_RISE_FLOOR (hysteresis)")
+        if self.no_data_after <= 0:
+            raise _field_error("no_data_after", "must be > 0")
+        return self
+
+    @property
+    def baseline_window(self) -> float:
+        """The trailing baseline of the ⊥-rise rule: the long window minus the short one."""
+        return self.long_window - self.short_window
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings safe to log (the Alertmanager URL may carry basic-auth credentials)."""
+        out = self.model_dump()
+        if self.alertmanager_url:
+            parts = urlsplit(self.alertmanager_url)
+            out["alertmanager_url"] = f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}"
+        return out
+
+
+class _SettingError(ValueError):
+    def __init__(self, name: str, msg: str) -> None:
+        super().__init__(msg)
+        self.name = name
+
+
+def _field_error(name: str, msg: str) -> _SettingError:
+    return _SettingError(name, msg)
+
+
+class SettingsError(Exception):
+    """One line naming the bad setting, ready to print."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_arg_parser(prog: str = "zeroproof-monitor") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Aggregates zeroproof.stats and fires alerts. Every flag overrides its ZEROPROOF_* variable.",
+    )
+    for name, field in MonitorSettings.model_fields.items():
+        env = ENV_PREFIX + name.upper()
+        parser.add_argument(
+            _flag(name), dest=name, default=None, metavar="VALUE", help=f"(env {env}, default {field.default!r})"
+        )
+    return parser
+
+
+def describe_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    ctx_error = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, _SettingError):
+        return f"invalid setting {ENV_PREFIX}{ctx_error.name.upper()} ({_flag(ctx_error.name)}): {ctx_error}"
+    loc = [str(p) for p in err.get("loc", ()) if not isinstance(p, int)]
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if loc:
+        name = loc[0]
+        return f"invalid setting {ENV_PREFIX}{name.upper()} ({_flag(name)}): {msg}"
+    return f"invalid settings: {msg}"
+
+
+def load_settings(argv: Sequence[str] | None = None, **overrides: Any) -> MonitorSettings:
+    """Environment, then CLI flags, then ``overrides``; raises :class:`SettingsError` with one clear line."""
+    args = build_arg_parser().parse_args(argv)
+    cli = {k: v for k, v in vars(args).items() if v is not None}
+    cli.update(overrides)
+    try:
+        return MonitorSettings(**cli)
+    except ValidationError as exc:
+        raise SettingsError(describe_error(exc)) from None

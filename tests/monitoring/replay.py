@@ -1,0 +1,149 @@
+"""Drive a scenario through a real broker: publish synthetic stats in event-time order while an in-process
+``MonitorService`` (real Kafka source and sinks) consumes them on a simulated clock, then read the alerts
+back from the alerts topic. Also used by ``bench/monitor.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from monitoring.service import MonitorService
+from monitoring.settings import MonitorSettings
+from monitoring.simulate import SimClock, encode
+from workers.messages import StatsMessage
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}.{uuid.uuid4().hex[:10]}"
+
+
+def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1) for name, partitions in topics.items()])
+    finally:
+        admin.close()
+
+
+def read_topic(bootstrap: str, topic: str, idle: float = 1.0, max_wait: float = 30.0) -> list[dict[str, Any]]:
+    """Every record of ``topic`` (all partitions, from the beginning), decoded as JSON, in timestamp order."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50)
+    out: list[tuple[int, dict[str, Any]]] = []
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + max_wait
+        quiet = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - quiet < idle:
+            for records in consumer.poll(timeout_ms=200).values():
+                quiet = time.monotonic()
+                out += [(r.timestamp, orjson.loads(r.value)) for r in records]
+    finally:
+        consumer.close()
+    return [d for _, d in sorted(out, key=lambda x: (x[0], x[1].get("evaluated_at", 0)))]
+
+
+@dataclass
+class RunningMonitor:
+    service: MonitorService
+    thread: threading.Thread
+    stop: threading.Event
+
+    @property
+    def records(self) -> int:
+        m = self.service.monitor
+        return m.counters.records if m else 0
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.stop.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "monitor did not stop"
+
+
+def start_monitor(settings: MonitorSettings, clock: SimClock, ready_timeout: float = 60.0) -> RunningMonitor:
+    service = MonitorService(settings, clock=clock, poll_timeout=0.05)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            service.run(stop)
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+            raise
+
+    thread = threading.Thread(target=target, name="monitor", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + ready_timeout
+    while not service.ready.wait(0.1):
+        assert not errors, errors
+        assert time.monotonic() < deadline, "monitor did not finish its start-up replay"
+    return RunningMonitor(service, thread, stop)
+
+
+@dataclass
+class Publisher:
+    """Publishes stats in event-time order, keeping the simulated clock on the newest event published."""
+
+    bootstrap: str
+    topic: str
+    clock: SimClock
+    sent: int = 0
+    messages: list[StatsMessage] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, batch_size=256 * 1024)
+
+    def publish(
+        self,
+        events: Iterable[tuple[float, str, StatsMessage]],
+        monitor: RunningMonitor | None = None,
+        chunk: float = 30.0,
+        on_chunk: Callable[[float], None] | None = None,
+    ) -> None:
+        """Send ``events``; every ``chunk`` simulated seconds wait
+        until ``monitor`` has consumed everything sent, so that it never lags by more than one chunk."""
+        next_sync: float | None = None
+        for end, worker, msg in events:
+            if next_sync is None:
+                next_sync = end + chunk
+            if end >= next_sync:
+                self.sync(monitor)
+                if on_chunk:
+                    on_chunk(end)
+                next_sync = end + chunk
+            self.producer.send(self.topic, key=worker.encode(), value=encode(msg))
+            self.messages.append(msg)
+            self.sent += 1
+            self.clock.set(end)
+        self.sync(monitor)
+
+    def sync(self, monitor: RunningMonitor | None, timeout: float = 60.0) -> None:
+        self.producer.flush()
+        if monitor is None:
+            return
+        deadline = time.monotonic() + timeout
+        while monitor.records < self.sent:
+            assert monitor.thread.is_alive(), "monitor thread died"
+            assert time.monotonic() < deadline, f"monitor consumed {monitor.records}/{self.sent}"
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+def alerts_for(alerts: Sequence[dict[str, Any]], version: str, rule: str | None = None) -> list[dict[str, Any]]:
+    return [a for a in alerts if a["model_version"] == version and (rule is None or a["rule"] == rule)]

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import pytest
+
+from monitoring.rules import (
+    BOTTOM_RISE,
+    COVERAGE,
+    FLEET,
+    NO_DATA,
+    Alert,
+    Observation,
+    RuleEngine,
+    State,
+    Tracker,
+)
+from monitoring.settings import MonitorSettings
+from monitoring.windows import WindowCounts
+from tests.monitoring.conftest import fast_settings
+
+pytestmark = pytest.mark.unit
+
+
+def obs(value: float | None, bad: bool, clear: bool) -> Observation:
+    return Observation(value, bad=bad, clear=clear, threshold=0.9, clear_level=0.92, volume=1000)
+
+
+BAD = obs(0.8, bad=True, clear=False)
+BETWEEN = obs(0.91, bad=False, clear=False)
+GOOD = obs(0.95, bad=False, clear=True)
+UNKNOWN = obs(None, bad=False, clear=False)
+
+
+def run(tr: Tracker, seq: list[tuple[float, Observation]]) -> list[tuple[float, str]]:
+    out = []
+    for t, o in seq:
+        change = tr.step(o, t)
+        if change:
+            out.append((t, change))
+    return out
+
+
+def test_fires_only_after_pending_and_once() -> None:
+    tr = Tracker("r", "v", pending=30, clear_for=30)
+    events = run(tr, [(t, BAD) for t in range(0, 200, 5)])
+    assert events == [(30, "firing")]
+    assert tr.state is State.FIRING
+    assert tr.pending_since == 0
+
+
+def test_pending_resets_when_condition_breaks() -> None:
+    tr = Tracker("r", "v", pending=30, clear_for=30)
+    seq = [(0, BAD), (10, BAD), (20, GOOD), (25, BAD), (50, BAD), (55, BAD)]
+    assert run(tr, seq) == [(55, "firing")]
+
+
+def test_hysteresis_and_clear_for() -> None:
+    tr = Tracker("r", "v", pending=0, clear_for=20)
+    seq = [(0, BAD), (5, BETWEEN), (10, BETWEEN), (100, BETWEEN), (105, GOOD), (115, GOOD), (120, BAD), (125, GOOD)]
+    seq += [(t, GOOD) for t in range(130, 160, 5)]
+    # Between threshold and clear level it stays firing; a clear streak interrupted by a bad value restarts.
+    assert run(tr, seq) == [(0, "firing"), (145, "resolved")]
+
+
+def test_low_volume_neither_fires_nor_resolves() -> None:
+    tr = Tracker("r", "v", pending=10, clear_for=0)
+    assert run(tr, [(0, BAD), (5, UNKNOWN), (10, BAD), (15, BAD)]) == []  # pending dropped at 5
+    assert run(tr, [(20, BAD)]) == [(20, "firing")]
+    assert run(tr, [(t, UNKNOWN) for t in range(25, 500, 5)]) == []
+    assert tr.state is State.FIRING
+
+
+def test_flapping_value_gives_at_most_one_incident() -> None:
+    tr = Tracker("r", "v", pending=30, clear_for=30)
+    # The raw value alternates across the threshold every 10 s: never bad for 30 s in a row.
+    seq = [(t, BAD if (t // 10) % 2 == 0 else BETWEEN) for t in range(0, 3600, 5)]
+    assert run(tr, seq) == []
+
+
+def test_adopt_keeps_start_time() -> None:
+    tr = Tracker("r", "v", pending=30, clear_for=0)
+    a = Alert(COVERAGE, "firing", "v", 0.8, 0.9, 0.92, "1m", 60, started_at=100, fired_at=130, evaluated_at=130)
+    tr.adopt(a)
+    assert tr.state is State.FIRING
+    assert run(tr, [(500, BETWEEN), (505, GOOD)]) == [(505, "resolved")]
+
+
+def test_coverage_observation_guards_volume(settings: MonitorSettings) -> None:
+    eng = RuleEngine(settings)
+    low = eng.observe_coverage(WindowCounts(total=199, bottom=199))
+    assert low.value is None
+    assert not low.bad
+    o = eng.observe_coverage(WindowCounts(total=1000, bottom=60, gap=50))
+    assert o.value == pytest.approx(0.89)
+    assert o.bad
+    assert not o.clear
+    assert eng.observe_coverage(WindowCounts(total=1000, bottom=40, gap=40)).clear
+    g = eng.observe_gap(WindowCounts(total=1000, gap=51))
+    assert g.bad
+    assert eng.observe_gap(WindowCounts(total=1000, gap=40)).clear
+
+
+def test_bottom_rise_needs_factor_and_floor(settings: MonitorSettings) -> None:
+    eng = RuleEngine(settings)
+    base = WindowCounts(total=10_000, bottom=50)  # 0.5 %
+    # 0.5 % → 5 %: ten-fold and above the 2 % floor.
+    assert eng.observe_bottom_rise(WindowCounts(total=1000, bottom=50), base, None).bad
+    # 0.5 % → 1.8 %: more than 3x but under the floor.
+    assert not eng.observe_bottom_rise(WindowCounts(total=1000, bottom=18), base, None).bad
+    # 10 % → 25 %: above the floor but not 3x.
+    high = WindowCounts(total=10_000, bottom=1000)
+    assert not eng.observe_bottom_rise(WindowCounts(total=1000, bottom=250), high, None).bad
+    # Too small a baseline: cannot judge a rise.
+    assert eng.observe_bottom_rise(WindowCounts(total=1000, bottom=500), WindowCounts(total=10), None).value is None
+    # A frozen baseline overrides the (contaminated) current one.
+    frozen = eng.observe_bottom_rise(WindowCounts(total=1000, bottom=50), high, 0.005)
+    assert frozen.bad
+    assert frozen.baseline == 0.005
+
+
+def test_no_data_rule() -> None:
+    eng = RuleEngine(fast_settings(no_data_after=60))
+    assert eng.evaluate_no_data(1000, 1059) == []
+    fired = eng.evaluate_no_data(1000, 1061)
+    assert [(a.rule, a.state, a.model_version) for a in fired] == [(NO_DATA, "firing", FLEET)]
+    assert eng.evaluate_no_data(1000, 1200) == []  # dedup
+    resolved = eng.evaluate_no_data(1190, 1200)
+    assert [a.state for a in resolved] == ["resolved"]
+    assert resolved[0].started_at == 1061
+
+
+def test_alert_dict_roundtrip() -> None:
+    a = Alert(BOTTOM_RISE, "firing", "v9", 0.05, 0.02, 0.01, "1m vs 9m baseline", 60, 10, 40, 40, baseline=0.005)
+    d = a.to_dict()
+    for field in ("rule", "state", "value", "threshold", "window", "model_version", "started_at"):
+        assert field in d
+    assert Alert.from_dict(d) == a
