@@ -166,9 +166,7 @@ or on (model_version)
         ),
     ]
     return (
-        HEADER
-        + f"groups:\n  - name: zeroproof\n    interval: {_dur(s.eval_interval)}\n    rules:\n"
-        + "".join(rules)
+        HEADER + f"groups:\n  - name: zeroproof\n    interval: {_dur(s.eval_interval)}\n    rules:\n" + "".join(rules)
     )
 
 

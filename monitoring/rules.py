@@ -17,6 +17,7 @@ trailing baseline and resolve itself after a long window without anything having
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,6 +186,34 @@ class Tracker:
             self.baseline = alert.baseline
 
 
+def binomial_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    if k <= 0:
+        return 1.0
+    if k > n or p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    if n > 2000:  # normal approximation with continuity correction; the exact sum gets slow and adds nothing
+        mu, sd = n * p, math.sqrt(n * p * (1 - p))
+        return 0.5 * math.erfc((k - 0.5 - mu) / (sd * math.sqrt(2)))
+    lp, lq = math.log(p), math.log1p(-p)
+    total = 0.0
+    for i in range(k, n + 1):
+        total += math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq)
+    return min(1.0, total)
+
+
+def rise_p_value(short_bottom: int, short_total: int, base_bottom: int, base_total: int) -> float:
+    """Exact conditional test of two Poisson rates: given all ⊥ seen in the short window and the baseline,
+    how likely is it that at least ``short_bottom`` fell into the short window if the rate had not changed?
+    Accounts for the noise of the baseline as well as of the short window."""
+    n = short_bottom + base_bottom
+    if short_total <= 0 or base_total <= 0:
+        return 1.0
+    return binomial_sf(short_bottom, n, short_total / (short_total + base_total))
+
+
 def _fmt_window(seconds: float) -> str:
     if seconds % 3600 == 0:
         return f"{seconds / 3600:g}h"
@@ -239,7 +268,9 @@ class RuleEngine:
         )
 
     def observe_bottom_rise(self, short: WindowCounts, base: WindowCounts, frozen: float | None) -> Observation:
-        """Fires when the short-window ⊥ rate is at least ``floor`` AND at least ``factor`` × the baseline."""
+        """Fires when the short-window ⊥ rate is at least ``floor`` AND at least ``factor`` × the baseline AND
+        the rise is significant (:func:`rise_p_value` < ``bottom_rise_max_p``): at low volume a handful of ⊥
+        can clear floor and factor by chance (the long steady replay showed it)."""
         s = self.s
         if frozen is not None:
             baseline: float | None = frozen
@@ -253,9 +284,16 @@ class RuleEngine:
         b = baseline or 0.0
         threshold = max(s.bottom_rise_floor, s.bottom_rise_factor * b)
         clear_level = max(s.bottom_rise_clear_floor, s.bottom_rise_clear_factor * b)
+        bad = value is not None and value >= threshold
+        if bad:
+            if frozen is None:
+                p_value = rise_p_value(short.bottom, short.total, base.bottom, base.total)
+            else:  # judged against the rate frozen at the start, not the baseline window it may have leaked into
+                p_value = binomial_sf(short.bottom, short.total, frozen)
+            bad = p_value < s.bottom_rise_max_p
         return Observation(
             value,
-            bad=value is not None and value >= threshold,
+            bad=bad,
             clear=value is not None and value < clear_level,
             threshold=threshold,
             clear_level=clear_level,

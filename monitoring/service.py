@@ -1,11 +1,12 @@
 """The monitor: consume ``zeroproof.stats``, keep event-time windows, evaluate rules, send alerts.
 
 Time. Windows and rate rules run on *event time*: the batches' own ``window_end``. Evaluation ticks are the
-multiples of ``eval_interval``; tick ``t`` is evaluated once the newest event time seen passes
-``t + allowed_lateness`` (so batches of other workers that arrive a little later still count). The same data
-therefore gives the same alerts whether it is consumed live, replayed after a restart, or replayed at 1000x
-speed in a test. Only "no data" needs a clock that runs when nothing arrives: the injectable ``clock``
-(wall time by default) is compared with the newest event time.
+multiples of ``eval_interval``; tick ``t`` is evaluated once every active worker has reported past
+``t + allowed_lateness`` (per-worker watermarks, see ``Monitor.watermark``), so that batches which other
+partitions deliver later still count. The same data therefore gives the same alerts whether it is consumed
+live, replayed after a restart, or replayed at 1000x speed in a test. Only "no data" needs a clock that
+runs when nothing arrives: the injectable ``clock`` (wall time by default) is compared with the newest event
+time, and only while the consumer has nothing left to read.
 
 Restart. The monitor keeps no local state and joins no consumer group (every replica must see every
 worker's stats): it reads the stats topic from the start of the long window (``offsets_for_times``, or from
@@ -35,6 +36,8 @@ from workers.messages import StatsMessage
 
 log = structlog.get_logger("zeroproof.monitor")
 Clock = Callable[[], float]
+#: Real seconds without a record after which a lagging worker counts as idle (not merely behind on the consumer).
+_IDLE_WALL = 2.0
 
 
 def _valid(msg: StatsMessage) -> str | None:
@@ -59,8 +62,10 @@ class Monitor:
         clock: Clock = time.time,
         exporter: Exporter | None = None,
         announced: dict[str, Alert] | None = None,
+        monotonic: Clock = time.monotonic,
     ) -> None:
         self.s = settings
+        self.monotonic = monotonic
         self.sinks = list(sinks)
         self.clock = clock
         self.exporter = exporter or Exporter()
@@ -77,6 +82,8 @@ class Monitor:
         self.emitted: list[Alert] = []
         self._dirty_at: float | None = None
         self._last_forget = -math.inf
+        # worker_id → [newest window_end, monotonic time of its last record]: the per-worker watermarks.
+        self._workers: dict[str, list[float]] = {}
 
     # -- input --------------------------------------------------------------------------------------------
     def ingest(self, raw: bytes) -> bool:
@@ -96,6 +103,12 @@ class Monitor:
             return False
         if self.last_event is None or msg.window_end > self.last_event:
             self.last_event = msg.window_end
+        w = self._workers.get(msg.worker_id)
+        if w is None:
+            self._workers[msg.worker_id] = [msg.window_end, self.monotonic()]
+        else:
+            w[0] = max(w[0], msg.window_end)
+            w[1] = self.monotonic()
         if msg.window_end < now - self.horizon or not self.store.add(msg):
             self.counters.late += 1
             return False
@@ -110,12 +123,34 @@ class Monitor:
             log.warning("skipping malformed stats record", reason=reason, malformed_total=n)
 
     # -- evaluation ---------------------------------------------------------------------------------------
+    def watermark(self) -> float | None:
+        """Event time up to which every active worker has reported: the minimum of the per-worker watermarks.
+
+        Stats of different workers sit on different partitions and a consumer may receive one partition many
+        seconds of event time ahead of another; evaluating on the newest event time would judge windows that
+        still miss other workers' batches, and the result would depend on fetch interleaving. A worker that
+        is more than ``worker_idle_after`` behind the newest one and has sent nothing for a couple of seconds
+        of real time is idle (stopped, scaled down) and no longer holds evaluation back.
+        """
+        if not self._workers:
+            return None
+        newest = max(w[0] for w in self._workers.values())
+        now = self.monotonic()
+        idle_after = self.s.worker_idle_after
+        active = [w[0] for w in self._workers.values() if newest - w[0] <= idle_after or now - w[1] < _IDLE_WALL]
+        return min(active) if active else newest
+
     def _advance(self) -> None:
-        wm = self.store.watermark
+        newest = self.store.watermark
+        if newest is None:
+            return
+        step = self.s.eval_interval
+        if self.next_tick is not None and newest - self.s.allowed_lateness < self.next_tick:
+            return  # fast path: not even the newest worker is past the next tick
+        wm = self.watermark()
         if wm is None:
             return
         due = wm - self.s.allowed_lateness
-        step = self.s.eval_interval
         if self.next_tick is None:
             self.next_tick = math.ceil(due / step) * step
         if due - self.next_tick > self.horizon:
@@ -135,6 +170,8 @@ class Monitor:
             self._last_forget = t
             for version in self.store.forget_idle(t):
                 self.engine.forget(version)
+            for worker in [k for k, w in self._workers.items() if w[0] < t - self.horizon]:
+                del self._workers[worker]
 
     def wall_tick(self, caught_up: bool = True) -> None:
         """Call after each poll: "no data", webhook re-sends, exporter snapshot.
@@ -142,6 +179,7 @@ class Monitor:
         ``caught_up``: the last poll found nothing left to read. "No data" is judged only then, so a monitor
         that lags behind a busy topic does not mistake its own lag for silent workers.
         """
+        self._advance()  # a worker that went idle may release evaluation
         now = self.clock()
         last = self.last_event if self.last_event is not None else self.started_at
         self.counters.seconds_since_data = max(0.0, now - last)

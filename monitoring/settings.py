@@ -65,6 +65,7 @@ class MonitorSettings(BaseSettings):
     bucket: Duration = 5.0
     eval_interval: Duration = 15.0
     allowed_lateness: Duration = 5.0
+    worker_idle_after: Duration = 60.0
     max_series_labels: int = Field(default=200, ge=1)
     max_clock_skew: Duration = 600.0
 
@@ -80,6 +81,7 @@ class MonitorSettings(BaseSettings):
     bottom_rise_clear_factor: float = Field(default=1.5, ge=1.0)
     bottom_rise_clear_floor: Rate = 0.01
     bottom_rise_pending: Duration = 60.0
+    bottom_rise_max_p: float = Field(default=1e-4, gt=0.0, le=1.0)
     min_volume: int = Field(default=200, ge=0)
     baseline_min_volume: int = Field(default=1000, ge=0)
     clear_for: Duration = 60.0

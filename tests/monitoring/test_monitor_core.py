@@ -157,3 +157,40 @@ def test_exporter_snapshot_after_evaluation() -> None:
     assert 'zeroproof_monitor_live_thresholds{model_version="v7",tau_infer="1e-06",tau_train="0.0001"} 1.0' in text
     assert "zeroproof_monitor_stats_records_total" in text
     assert "zeroproof_monitor_seconds_since_data" in text
+
+
+def test_evaluation_waits_for_lagging_workers_until_they_are_idle() -> None:
+    mono = SimClock(0.0)
+    clock, sink = SimClock(T0), ListSink()
+    m = Monitor(fast_settings(), [sink], clock, monotonic=mono)
+    m.finish_replay()
+
+    def batch(worker: str, end: float) -> bytes:
+        return encode(
+            StatsMessage(
+                worker_id=worker,
+                model_version="v",
+                tau_infer=1e-6,
+                tau_train=None,
+                window_start=end - 1,
+                window_end=end,
+                counts=Counts(total=10),
+            )
+        )
+
+    m.ingest(batch("a", T0 + 1))
+    m.ingest(batch("b", T0 + 1))
+    evaluations = m.counters.evaluations
+    for t in range(2, 40):  # worker a runs ahead (its partition is delivered first); b is behind
+        m.ingest(batch("a", T0 + t))
+    assert m.watermark() == T0 + 1
+    assert m.counters.evaluations == evaluations  # nothing judged on a's data alone
+    m.ingest(batch("b", T0 + 39))
+    assert m.watermark() == T0 + 39
+    assert m.counters.evaluations > evaluations
+    # b stops for good: once it is far behind in event time and silent in real time, it no longer holds back.
+    for t in range(40, 140):
+        m.ingest(batch("a", T0 + t))
+    assert m.watermark() == T0 + 39
+    mono.set(10.0)
+    assert m.watermark() == T0 + 139

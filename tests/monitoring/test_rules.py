@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from monitoring.rules import (
@@ -12,6 +14,8 @@ from monitoring.rules import (
     RuleEngine,
     State,
     Tracker,
+    binomial_sf,
+    rise_p_value,
 )
 from monitoring.settings import MonitorSettings
 from monitoring.windows import WindowCounts
@@ -134,3 +138,29 @@ def test_alert_dict_roundtrip() -> None:
     for field in ("rule", "state", "value", "threshold", "window", "model_version", "started_at"):
         assert field in d
     assert Alert.from_dict(d) == a
+
+
+def test_binomial_tail_exact_and_approximate() -> None:
+    from math import comb
+
+    exact = sum(comb(30, i) * 0.1**i * 0.9 ** (30 - i) for i in range(7, 31))
+    assert binomial_sf(7, 30, 0.1) == pytest.approx(exact, rel=1e-9)
+    assert binomial_sf(0, 30, 0.1) == 1.0
+    assert binomial_sf(31, 30, 0.1) == 0.0
+    # Normal approximation branch, against the exact sum at a size where both are feasible.
+    n, p, k = 2500, 0.02, 65
+    exact_big = sum(
+        math.exp(math.log(comb(n, i)) + i * math.log(p) + (n - i) * math.log1p(-p)) for i in range(k, n + 1)
+    )
+    assert binomial_sf(k, n, p) == pytest.approx(exact_big, rel=0.15)
+
+
+def test_rise_significance_guards_low_volume(settings: MonitorSettings) -> None:
+    eng = RuleEngine(settings)
+    base = WindowCounts(total=3300, bottom=16)  # ~0.5 %
+    # 7 ⊥ of 300 clears the 2 % floor and 3x the baseline, but is not unusual enough to page anyone.
+    assert rise_p_value(7, 300, 16, 3300) > settings.bottom_rise_max_p
+    assert not eng.observe_bottom_rise(WindowCounts(total=300, bottom=7), base, None).bad
+    # 15 of 300 (5 %) is.
+    assert rise_p_value(15, 300, 16, 3300) < settings.bottom_rise_max_p
+    assert eng.observe_bottom_rise(WindowCounts(total=300, bottom=15), base, None).bad

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from monitoring.rules import COVERAGE, NO_DATA, Alert
-from monitoring.sinks import AlertmanagerSink, alertmanager_payload
 from monitoring.simulate import SimClock
+from monitoring.sinks import AlertmanagerSink, alertmanager_payload
 from tests.monitoring.conftest import T0
 
 pytestmark = pytest.mark.unit
@@ -46,7 +46,7 @@ class FakeAlertmanager:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if self.path == "/api/v2/alerts":
                     outer.posts.append(json.loads(body))
