@@ -20,6 +20,7 @@ from zeroproof.utils.errors import one_line
 BUILTIN_COMMANDS = (
     "zeroproof.commands.demo",
     "zeroproof.commands.bundle",
+    "zeroproof.commands.train",
 )
 
 

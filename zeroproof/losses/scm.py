@@ -96,17 +96,18 @@ def margin_loss(
 
 
 def sign_consistency_loss(N: Tensor, targets: LiftedTargets, *, margin: float = 1e-3) -> Tensor:
-    """Squared hinge ``relu(1 − s·N / margin)²`` on ±∞ targets (``s = ±1``); nothing elsewhere.
+    """Hinge ``relu(margin − s·N)`` on ±∞ targets (``s = ±1``); nothing elsewhere.
 
     With the lifting convention ``±∞ = (±1, +0)``, the orientation of the model's ∞ at a pole is ``sign(N)`` on
     the ``D → +0`` side, so this term picks which of ``(N, D)`` and ``(−N, −D)`` the model converges to: the fit
-    loss alone cannot (both are projectively the same point). Zero once ``s·N ≥ margin``, so it settles the
-    orientation without pulling ``|N|`` away from what the fit wants (a logistic loss never stops pulling).
+    loss alone cannot (both are projectively the same point). The hinge is zero once ``s·N ≥ margin``, so it
+    settles the orientation without pulling ``|N|`` away from what the fit wants (a logistic loss never stops
+    pulling), and its gradient is bounded (a hinge divided by a small margin would swamp the fit).
     """
     if margin <= 0:
         raise ValueError("margin must be > 0")
     s = targets.infinity_sign.to(N.dtype)
-    return _masked_mean(F.relu(1.0 - s * N / margin) ** 2, targets.singular_mask)
+    return _masked_mean(F.relu(margin - s * N), targets.singular_mask)
 
 
 def soft_bottom_probability(D: Tensor, config: InferenceConfig, *, temperature: float = 0.25) -> Tensor:

@@ -6,7 +6,8 @@ Inputs ``(θ1, θ2, dx, dy)``, outputs ``(dθ1, dθ2) = J⁻¹·(dx, dy) = adj(J
 The projective model mirrors that structure without being told the answer: the numerator is linear in
 ``(dx, dy)`` with coefficients learned from angle features (sin/cos of θ1, θ2, θ1+θ2 plus a small tanh layer),
 like ``adj(J)``; the denominator ``D = 1 + δQ`` is *shared* by both outputs (the pole ``det J`` is common to them)
-and depends on the relative angle θ2 only (a serial arm's singular set is invariant under rotating the base).
+and depends on the relative angle θ2 only (a serial arm's singular set is invariant under rotating the base):
+``δQ`` is linear in ``(sin θ2, cos θ2)``, optionally plus a small tanh layer of them (``denominator_hidden``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def angle_features(theta1: Tensor, theta2: Tensor) -> Tensor:
 class ArmIKProjective(nn.Module):
     """Projective rational head for 2-link differential IK: ``forward(x (B, 4)) -> (N, D)``, each ``(B, 2)``."""
 
-    def __init__(self, hidden: int = 32, denominator_hidden: int = 16, shared_denominator: bool = True) -> None:
+    def __init__(self, hidden: int = 32, denominator_hidden: int = 0, shared_denominator: bool = True) -> None:
         super().__init__()
         if hidden < 1 or denominator_hidden < 0:
             raise ValueError("hidden must be >= 1 and denominator_hidden >= 0")

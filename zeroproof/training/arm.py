@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +32,13 @@ from zeroproof.models.arm import (
 )
 from zeroproof.ops.weak_sign import WeakSignTracker, infinity_sign
 from zeroproof.training.calibration import rows_to_json, sweep_tau_infer
+from zeroproof.training.polish import polish_rational_head
 from zeroproof.training.trainer import SCMTrainer, TrainerConfig
 
 log = structlog.get_logger("zeroproof.training.arm")
+
+#: The linear rational head of :class:`ArmIKProjective` (what :func:`polish_rational_head` solves for).
+ARM_HEAD_PARAMETERS = ("coefficients.weight", "coefficients.bias", "denominator.weight", "denominator.bias")
 
 BUCKETS = ("le_1e-5", "1e-5_1e-4", "1e-4_1e-3", "gt_1e-3")
 BUCKET_LABELS = {
@@ -57,25 +62,30 @@ class ArmTrainResult:
 def train_arm(
     *,
     seconds: float = 90.0,
-    max_steps: int = 12_000,
+    max_steps: int = 20_000,
     n_train: int = 40_000,
     batch_size: int = 256,
     lr: float = 3e-3,
     seed: int = 0,
     hidden: int = 32,
+    denominator_hidden: int = 0,
     config: InferenceConfig | None = None,
     progress: bool = False,
+    polish: bool = True,
+    polish_samples: int = 16_000,
+    evaluate_before_polish: Callable[[nn.Module], Any] | None = None,
 ) -> ArmTrainResult:
-    """Train :class:`ArmIKProjective` for ``max_steps`` optimizer steps or ``seconds``, whichever comes first.
-
-    The learning rate follows a cosine schedule over ``max_steps`` (the final low-lr phase is what pins the
-    denominator's zero at θ2 = 0 below tau_infer).
+    """Train :class:`ArmIKProjective` for ``max_steps`` optimizer steps or ``seconds``, whichever comes first,
+    with :class:`SCMTrainer` and the SCM losses, then (``polish``) solve the rational head's weighted implicit
+    least squares in closed form (:func:`polish_rational_head`): SGD learns features and orientation, the polish
+    pins the denominator's zeros below tau_infer. ``evaluate_before_polish(model)`` is called in between (to
+    report what SGD alone achieved); its time is not counted in ``seconds``.
     """
     cfg = config if config is not None else InferenceConfig()
     torch.manual_seed(seed)
     x, y = generate_arm_data(n_train, seed=seed)
     x_val, y_val = generate_arm_data(4096, seed=seed + 1000)
-    model = ArmIKProjective(hidden=hidden)
+    model = ArmIKProjective(hidden=hidden, denominator_hidden=denominator_hidden)
     tcfg = TrainerConfig(
         batch_size=batch_size,
         lr=lr,
@@ -94,9 +104,26 @@ def train_arm(
     epochs = math.ceil(max_steps / steps_per_epoch)
     t0 = time.perf_counter()
     trainer.fit((x, y.float()), (x_val, y_val.float()), epochs=epochs, max_seconds=seconds)
-    elapsed = time.perf_counter() - t0
+    sgd_seconds = time.perf_counter() - t0
+    extra: dict[str, Any] = {"sgd_seconds": sgd_seconds}
+    if evaluate_before_polish is not None:
+        t_eval = time.perf_counter()
+        extra["before_polish"] = evaluate_before_polish(model)
+        extra["before_polish_seconds"] = time.perf_counter() - t_eval
+    if polish:
+        report = polish_rational_head(model, ARM_HEAD_PARAMETERS, x[:polish_samples], y[:polish_samples])
+        extra["polish"] = {
+            "accepted": report.accepted,
+            "fit_before": report.fit_before,
+            "fit_after": report.fit_after,
+            "reason": report.reason,
+            "parameters": report.parameters,
+            "samples": min(polish_samples, n_train),
+        }
+        extra["val_after_polish"] = trainer.evaluate((x_val, y_val.float()))
+    elapsed = time.perf_counter() - t0 - extra.get("before_polish_seconds", 0.0)
     log.info("arm.trained", steps=trainer.global_step, seconds=round(elapsed, 2))
-    return ArmTrainResult(model, trainer, trainer.global_step, elapsed, cfg)
+    return ArmTrainResult(model, trainer, trainer.global_step, elapsed, cfg, extra)
 
 
 def _cosine(total: int) -> Any:
@@ -163,10 +190,15 @@ def _stats(t: Tensor) -> dict[str, float | None]:
     return {"median": float(t.median()), "p90": float(torch.quantile(t, 0.9)), "mean": float(t.mean())}
 
 
+class _NoBaseline(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.full((x.shape[0], 2), math.nan)
+
+
 @torch.no_grad()
 def evaluate_arm(
     model: nn.Module,
-    mlp: nn.Module,
+    mlp: nn.Module | None,
     config: InferenceConfig,
     *,
     per_bucket: int = 4000,
@@ -175,14 +207,15 @@ def evaluate_arm(
     """Bucketed comparison (raw numbers). Errors of the projective model are over its non-⊥ outputs; the ⊥ rate of
     each bucket is reported beside them (⊥ is the model saying "no value", which the MLP can never say)."""
     model.eval()
-    mlp.eval()
+    baseline: nn.Module = mlp if mlp is not None else _NoBaseline()
+    baseline.eval()
     data = arm_bucket_data(per_bucket, seed=seed)
     buckets: dict[str, Any] = {}
     for name in BUCKETS:
         x, y = data[name]
         N, D = model(x)
         res = strict_inference(N, D, config)
-        pred_mlp = mlp(x)
+        pred_mlp = baseline(x)
         ok = ~res.bottom_mask
         rel_p = _rel_err(res.decoded[ok], y[ok])
         rel_m = _rel_err(pred_mlp, y).flatten()
@@ -203,7 +236,9 @@ def evaluate_arm(
                 "abs_error": _stats(abs_p),
                 "direction_cosine_median": _median(cos_p),
             },
-            "mlp": {
+            "mlp": None
+            if mlp is None
+            else {
                 "rel_error": _stats(rel_m),
                 "abs_error": _stats(abs_m),
                 "direction_cosine_median": _median(cos_m),
@@ -216,7 +251,7 @@ def evaluate_arm(
     signed = torch.isinf(y)
     target_sign = torch.sign(y)
     reported = infinity_sign(N, res.bottom_mask)
-    mlp_sign = torch.sign(mlp(x))
+    mlp_sign = torch.sign(baseline(x))
     exact = {
         "inputs": int(x.shape[0]),
         "elements_with_signed_infinity": int(signed.sum()),
@@ -225,8 +260,10 @@ def evaluate_arm(
         "projective_orientation_accuracy_sign_n": float(
             (torch.sign(N)[signed].double() == target_sign[signed]).double().mean()
         ),
-        "mlp_bottom_rate": 0.0,
-        "mlp_sign_matches_orientation": float((mlp_sign[signed].double() == target_sign[signed]).double().mean()),
+        "mlp_bottom_rate": None if mlp is None else 0.0,
+        "mlp_sign_matches_orientation": None
+        if mlp is None
+        else float((mlp_sign[signed].double() == target_sign[signed]).double().mean()),
         "max_abs_D": float(D.abs().max()),
     }
     return {
@@ -291,3 +328,14 @@ def heldout_summary(model: nn.Module, config: InferenceConfig, *, n: int = 20_00
         "bottom_rate_singular": float(res.bottom_mask[~fin_rows].float().mean()) if bool((~fin_rows).any()) else None,
         "calibration": rows_to_json(calib),
     }
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with NaN/±inf floats replaced by ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value

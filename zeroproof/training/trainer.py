@@ -229,7 +229,7 @@ class SCMTrainer:
                 metrics["epoch_seconds"] = time.perf_counter() - t0
                 for key, value in metrics.items():
                     self.history.setdefault(key, []).append(float(value))
-                log.info("training.epoch", epoch=self.epoch, **{k: round(v, 6) for k, v in metrics.items()})
+                log.debug("training.epoch", epoch=self.epoch, **{k: round(v, 6) for k, v in metrics.items()})
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.3g}", cov=f"{metrics['coverage']:.3f}")
                 if val is not None and self.config.early_stopping is not None:

@@ -132,6 +132,7 @@ def _onnx_check(bundle: LoadedBundle, cfg: InferenceConfig, x: Tensor, workdir: 
     except ImportError as exc:  # pragma: no cover - depends on optional extras
         return Check("onnx_bottom_semantics", "fail", f"ONNX tooling unavailable: {exc}"), {}
     in_features = bundle.manifest.in_features or int(x.shape[1])
+    workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "model.onnx"
     try:
         export_onnx(bundle.model, path, in_features, cfg)

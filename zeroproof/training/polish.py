@@ -1,0 +1,167 @@
+"""Closed-form polish of a projective model's linear rational head (variable projection, after SGD).
+
+Given the learned features, ``N`` and ``D`` of a rational head are *linear* in the head's parameters, so the
+implicit residual ``N·t_D − D·t_N`` is linear too and the weighted implicit fit is an ordinary least-squares
+problem. SGD reaches the neighbourhood of its minimum quickly but pins the zeros of ``D`` only to the level of
+its gradient noise (~1e-5), while the strict decode needs ``|D| < tau_infer`` (1e-6) at a pole. Solving the
+least squares in float64 puts the zeros where the data say, to float precision.
+
+The projective scale is fixed by keeping the mean of ``D`` over finite targets at its current value (the
+trivial ⟨0, 0⟩ also has zero residual), which also keeps the orientation the sign consistency loss chose.
+The polish is accepted only if the head really is linear in those parameters (checked numerically) and the
+implicit fit loss goes down; otherwise the model is left untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacfwd
+
+from zeroproof.losses.scm import implicit_fit_loss
+from zeroproof.losses.targets import lift_targets
+
+log = structlog.get_logger("zeroproof.training.polish")
+
+
+@dataclass(frozen=True)
+class PolishReport:
+    accepted: bool
+    fit_before: float
+    fit_after: float
+    reason: str
+    parameters: int
+
+
+def _flat(params: dict[str, Tensor]) -> Tensor:
+    return torch.cat([p.reshape(-1) for p in params.values()])
+
+
+def _unflat(vec: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    offset = 0
+    for name, p in like.items():
+        out[name] = vec[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return out
+
+
+@torch.no_grad()
+def polish_rational_head(
+    model: nn.Module,
+    head_parameters: Sequence[str],
+    x: Tensor,
+    y: Tensor,
+    *,
+    singular_weight: float = 1.0,
+    ridge: float = 1e-12,
+    chunk: int = 4096,
+) -> PolishReport:
+    """Solve the weighted implicit least squares for ``head_parameters`` (names in ``model.named_parameters()``).
+
+    Weights follow the ``"balanced"`` fit loss: ``1/(1+|y|)`` on finite targets, ``singular_weight`` on ±∞
+    targets (residual ``D``), ⊥ targets ignored.
+    """
+    named = dict(model.named_parameters())
+    missing = [n for n in head_parameters if n not in named]
+    if missing:
+        raise KeyError(f"unknown parameters {missing}")
+    model64 = _double_copy(model)
+    base = {n: dict(model64.named_parameters())[n].detach().clone() for n in head_parameters}
+    theta0 = _flat(base)
+    x64 = x.to(torch.float64)
+    targets = lift_targets(y.to(torch.float64))
+
+    def outputs(params: dict[str, Tensor], xb: Tensor) -> tuple[Tensor, Tensor]:
+        N, D = functional_call(model64, params, (xb,))
+        return N, D
+
+    p = theta0.numel()
+    M = torch.zeros(p, p, dtype=torch.float64)
+    g = torch.zeros(p, dtype=torch.float64)
+    v = torch.zeros(p, dtype=torch.float64)
+    v0 = 0.0
+    n_finite = 0
+    linear_err = 0.0
+    for start in range(0, x64.shape[0], chunk):
+        xb = x64[start : start + chunk]
+        tb = targets.select(torch.arange(start, min(start + chunk, x64.shape[0])))
+        jac_n, jac_d = jacfwd(outputs)(base, xb)
+        Jn = torch.cat([jac_n[k].reshape(*jac_n[k].shape[:2], -1) for k in base], dim=-1)  # (B, out, P)
+        Jd = torch.cat([jac_d[k].reshape(*jac_d[k].shape[:2], -1) for k in base], dim=-1)
+        N0, D0 = outputs(base, xb)
+        cn = N0 - Jn @ theta0  # the parts not produced by the head parameters (e.g. the anchor 1 in D)
+        cd = D0 - Jd @ theta0
+        # linearity check at a second point: outputs must equal J·θ + c there too
+        probe = {k: t + 0.01 * torch.randn_like(t) for k, t in base.items()}
+        Np, Dp = outputs(probe, xb)
+        tp = _flat(probe)
+        linear_err = max(
+            linear_err,
+            float((Np - (Jn @ tp + cn)).abs().max()),
+            float((Dp - (Jd @ tp + cd)).abs().max()),
+        )
+        tN, tD = tb.numerator, tb.denominator
+        A = Jn * tD.unsqueeze(-1) - Jd * tN.unsqueeze(-1)  # residual = A·θ + c
+        c = cn * tD - cd * tN
+        w = torch.where(tb.finite_mask, 1.0 / (1.0 + tN.abs()), torch.full_like(tN, singular_weight))
+        w = torch.where(tb.bottom_mask, torch.zeros_like(w), w)
+        Aw = A * w.unsqueeze(-1)
+        M += torch.einsum("bkp,bkq->pq", Aw, A)
+        g += torch.einsum("bkp,bk->p", Aw, c)
+        fin = tb.finite_mask
+        v += (Jd * fin.unsqueeze(-1)).sum(dim=(0, 1))
+        v0 += float((cd * fin).sum())
+        n_finite += int(fin.sum())
+    if linear_err > 1e-6:
+        return PolishReport(False, float("nan"), float("nan"), f"head is not linear (err {linear_err:.2e})", p)
+    if n_finite == 0:
+        return PolishReport(False, float("nan"), float("nan"), "no finite targets", p)
+    v /= n_finite
+    v0 /= n_finite
+    m = float(v @ theta0) + v0  # current mean of D over finite targets: keeps scale and orientation
+    scale = float(M.diagonal().mean()) or 1.0
+    K = torch.zeros(p + 1, p + 1, dtype=torch.float64)
+    K[:p, :p] = 2 * M + 2 * ridge * scale * torch.eye(p, dtype=torch.float64)
+    K[:p, p] = v
+    K[p, :p] = v
+    rhs = torch.cat([-2 * g, torch.tensor([m - v0], dtype=torch.float64)])
+    solution = torch.linalg.lstsq(K, rhs.unsqueeze(-1)).solution.squeeze(-1)
+    theta = solution[:p]
+    if not bool(torch.isfinite(theta).all()):
+        return PolishReport(False, float("nan"), float("nan"), "least squares produced non-finite values", p)
+    before = _fit(model, x, targets)
+    saved = {n: named[n].detach().clone() for n in head_parameters}
+    for name, value in _unflat(theta, base).items():
+        named[name].copy_(value.to(named[name].dtype))
+    after = _fit(model, x, targets)
+    if not after < before:
+        for name, value in saved.items():
+            named[name].copy_(value)
+        log.info("polish.rejected", fit_before=before, fit_after=after)
+        return PolishReport(False, before, after, "fit loss did not improve", p)
+    log.info("polish.accepted", fit_before=before, fit_after=after, parameters=p)
+    return PolishReport(True, before, after, "ok", p)
+
+
+def _double_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    clone = copy.deepcopy(model)
+    return clone.to(torch.float64).eval()
+
+
+def _fit(model: nn.Module, x: Tensor, targets: object) -> float:
+    from zeroproof.losses.targets import LiftedTargets
+
+    assert isinstance(targets, LiftedTargets)
+    model.eval()
+    N, D = model(x)
+    t32 = LiftedTargets(
+        targets.numerator.to(N.dtype), targets.denominator.to(N.dtype), targets.status
+    )  # evaluate in the model's own dtype: what deployment sees
+    return float(implicit_fit_loss(N.double(), D.double(), t32))
