@@ -6,8 +6,9 @@ problem. SGD reaches the neighbourhood of its minimum quickly but pins the zeros
 its gradient noise (~1e-5), while the strict decode needs ``|D| < tau_infer`` (1e-6) at a pole. Solving the
 least squares in float64 puts the zeros where the data say, to float precision.
 
-The projective scale is fixed by keeping the mean of ``D`` over finite targets at its current value (the
-trivial ⟨0, 0⟩ also has zero residual), which also keeps the orientation the sign consistency loss chose.
+The projective scale is fixed by keeping ``mean(sign(D_now)·D)`` over finite targets (the current mean ``|D|``)
+at its current value (the trivial ⟨0, 0⟩ also has zero residual); weighting by the current signs also keeps the
+orientation the sign consistency loss chose (a plain mean of ``D`` can be ~0 for a ``D`` that changes sign).
 The polish is accepted only if the head really is linear in those parameters (checked numerically) and the
 implicit fit loss goes down; otherwise the model is left untouched.
 """
@@ -113,17 +114,18 @@ def polish_rational_head(
         Aw = A * w.unsqueeze(-1)
         M += torch.einsum("bkp,bkq->pq", Aw, A)
         g += torch.einsum("bkp,bk->p", Aw, c)
-        fin = tb.finite_mask
-        v += (Jd * fin.unsqueeze(-1)).sum(dim=(0, 1))
-        v0 += float((cd * fin).sum())
-        n_finite += int(fin.sum())
+        # normaliser: mean of sign(D_now)·D over finite targets, i.e. mean |D| for the current signs (linear in θ)
+        sel = tb.finite_mask.to(torch.float64) * torch.sign(D0)
+        v += (Jd * sel.unsqueeze(-1)).sum(dim=(0, 1))
+        v0 += float((cd * sel).sum())
+        n_finite += int(tb.finite_mask.sum())
     if linear_err > 1e-6:
         return PolishReport(False, float("nan"), float("nan"), f"head is not linear (err {linear_err:.2e})", p)
     if n_finite == 0:
         return PolishReport(False, float("nan"), float("nan"), "no finite targets", p)
     v /= n_finite
     v0 /= n_finite
-    m = float(v @ theta0) + v0  # current mean of D over finite targets: keeps scale and orientation
+    m = float(v @ theta0) + v0  # current mean |D| over finite targets: keeps the scale and the orientation
     scale = float(M.diagonal().mean()) or 1.0
     K = torch.zeros(p + 1, p + 1, dtype=torch.float64)
     K[:p, :p] = 2 * M + 2 * ridge * scale * torch.eye(p, dtype=torch.float64)
