@@ -31,9 +31,22 @@ def pole_data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y.float()
 
 
-def make_trainer(seed: int = 0, **overrides: object) -> SCMTrainer:
+class DropoutMLP(nn.Module):
+    """Projective MLP with dropout: training consumes the global torch RNG, which a checkpoint must restore."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = ProjectiveMLP(1, 1, hidden=8, depth=1)
+        self.drop = nn.Dropout(0.2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        N, D = self.inner.head(self.drop(self.inner.backbone(x)))
+        return N, D
+
+
+def make_trainer(seed: int = 0, dropout: bool = False, **overrides: object) -> SCMTrainer:
     torch.manual_seed(seed)
-    model = ProjectiveMLP(1, 1, hidden=8, depth=1)
+    model: nn.Module = DropoutMLP() if dropout else ProjectiveMLP(1, 1, hidden=8, depth=1)
     cfg = TrainerConfig(batch_size=32, lr=1e-2, progress=False, seed=seed, **overrides)  # type: ignore[arg-type]
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
@@ -107,8 +120,8 @@ def _run(tmp_path: Path, *, interrupt: bool, **overrides: object) -> dict[str, t
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"perturb_tau_train": (1e-4, 1e-3), "grad_accumulation": 2}],
-    ids=["plain", "perturbed+accumulation"],
+    [{}, {"perturb_tau_train": (1e-4, 1e-3), "grad_accumulation": 2}, {"dropout": True}],
+    ids=["plain", "perturbed+accumulation", "dropout"],
 )
 def test_checkpoint_resume_gives_identical_weights(tmp_path: Path, overrides: dict[str, object]) -> None:
     a = _run(tmp_path, interrupt=False, **overrides)
@@ -118,19 +131,21 @@ def test_checkpoint_resume_gives_identical_weights(tmp_path: Path, overrides: di
         assert torch.equal(a[k], b[k]), k
 
 
-def test_checkpoint_file_as_on_the_seed_page(tmp_path: Path) -> None:
+def test_checkpoint_file_as_on_the_seed_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     trainer = make_trainer()
     x, y = pole_data(64)
     trainer.fit((x, y), epochs=1)
     # During training
-    trainer.save_checkpoint(str(tmp_path / "checkpoint.pt"), epoch=50)
+    trainer.save_checkpoint("checkpoint.pt", epoch=50)
     # Resume training
-    trainer.load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    trainer.load_checkpoint("checkpoint.pt")
     assert trainer.epoch == 50
-    # Load for inference only (weights_only: no pickled code in the file)
-    checkpoint = torch.load(str(tmp_path / "checkpoint.pt"), weights_only=True)
+    # Load for inference only
     model = ProjectiveMLP(1, 1, hidden=8, depth=1)
+    checkpoint = torch.load("checkpoint.pt")
     model.load_state_dict(checkpoint["model_state_dict"])
+    checkpoint = torch.load("checkpoint.pt", weights_only=True)  # no pickled code in the file
     for key in ("optimizer_state_dict", "scheduler_state_dict", "epoch", "rng", "config", "history"):
         assert key in checkpoint
     assert checkpoint["config"]["loss"]["sign"] == 1.0
