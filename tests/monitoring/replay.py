@@ -96,12 +96,13 @@ def start_monitor(settings: MonitorSettings, clock: SimClock, ready_timeout: flo
 
 @dataclass
 class Publisher:
-    """Publishes stats in event-time order, keeping the simulated clock on the newest event published."""
+    """Publishes stats in event-time order and moves the simulated clock along with what is on the broker."""
 
     bootstrap: str
     topic: str
     clock: SimClock
     sent: int = 0
+    newest: float = 0.0
     messages: list[StatsMessage] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -114,8 +115,8 @@ class Publisher:
         chunk: float = 30.0,
         on_chunk: Callable[[float], None] | None = None,
     ) -> None:
-        """Send ``events``; every ``chunk`` simulated seconds wait
-        until ``monitor`` has consumed everything sent, so that it never lags by more than one chunk."""
+        """Send ``events``; every ``chunk`` simulated seconds (keep it under ``max_clock_skew``) wait until
+        ``monitor`` has consumed everything sent, so that it never lags by more than one chunk."""
         next_sync: float | None = None
         for end, worker, msg in events:
             if next_sync is None:
@@ -128,18 +129,24 @@ class Publisher:
             self.producer.send(self.topic, key=worker.encode(), value=encode(msg))
             self.messages.append(msg)
             self.sent += 1
-            self.clock.set(end)
+            self.newest = max(self.newest, end)
         self.sync(monitor)
 
     def sync(self, monitor: RunningMonitor | None, timeout: float = 60.0) -> None:
+        """Flush, wait for the monitor to consume everything, then move the clock to the newest event sent.
+
+        The clock moves only once the monitor has the data: moving it earlier would let "now" run up to a
+        chunk ahead of what the monitor has read, which looks like silent workers (in production the clock is
+        wall time and the broker delivers within milliseconds).
+        """
         self.producer.flush()
-        if monitor is None:
-            return
-        deadline = time.monotonic() + timeout
-        while monitor.records < self.sent:
-            assert monitor.thread.is_alive(), "monitor thread died"
-            assert time.monotonic() < deadline, f"monitor consumed {monitor.records}/{self.sent}"
-            time.sleep(0.01)
+        if monitor is not None:
+            deadline = time.monotonic() + timeout
+            while monitor.records < self.sent:
+                assert monitor.thread.is_alive(), "monitor thread died"
+                assert time.monotonic() < deadline, f"monitor consumed {monitor.records}/{self.sent}"
+                time.sleep(0.01)
+        self.clock.set(self.newest)
 
     def close(self) -> None:
         self.producer.close()
