@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from zeroproof.layers import ProjectiveMLP
+from zeroproof.layers import ProjectiveMLP, known_pole_model
 from zeroproof.losses import LossWeights
 from zeroproof.training import (
     EarlyStoppingConfig,
@@ -169,14 +169,18 @@ def test_gradient_accumulation_matches_one_big_batch() -> None:
 
 
 def test_early_stopping_ignores_correct_bottom_on_singular_targets() -> None:
-    # Validation data: only exactly singular inputs plus finite ones; coverage is judged on finite targets only.
-    trainer = make_trainer(early_stopping=EarlyStoppingConfig(patience=1, min_coverage=0.99))
+    # The exact model is ⊥ at the pole: overall validation coverage is 2/3, coverage on finite targets is 1.
+    model = known_pole_model(POLE)
+    cfg = TrainerConfig(early_stopping=EarlyStoppingConfig(patience=1, min_coverage=0.99), progress=False, lr=1e-6)
+    trainer = SCMTrainer(model, cfg)
     x, y = pole_data(64)
     xv = torch.tensor([[POLE], [0.9], [-0.5]])
     yv = torch.tensor([[math.inf], [1 / 0.65], [-1 / 0.75]])
-    trainer.fit((x, y), (xv, yv), epochs=5)
+    trainer.fit((x, y), (xv, yv), epochs=3)
+    assert trainer.history["val_coverage"][0] == pytest.approx(2 / 3)
     assert trainer.history["val_coverage_nonsingular"][0] == 1.0
-    assert trainer.epoch >= 2  # a first epoch with full non-singular coverage counts as an improvement
+    assert trainer.history["val_bottom_rate_singular"][0] == 1.0
+    assert trainer._es_best_epoch >= 1  # the epoch qualified despite the (correct) ⊥
 
 
 def test_early_stopping_stops_when_coverage_never_qualifies() -> None:
