@@ -10,7 +10,7 @@ import torch
 from zeroproof.inference import InferenceConfig, strict_inference
 from zeroproof.layers import ProjectiveRationalLayer
 from zeroproof.ops import infinity_sign
-from zeroproof.training import SCMTrainer, TrainerConfig
+from zeroproof.training import SCMTrainer, TrainerConfig, polish_rational_head
 
 pytestmark = pytest.mark.unit
 
@@ -41,7 +41,16 @@ def test_learns_known_pole() -> None:
         torch.testing.assert_close(decoded, truth, rtol=2e-2, atol=1e-3)
         # at the pole: ⊥, with +∞ orientation (x → a⁺)
         Np, Dp = model(torch.tensor([[POLE]]))
+        # SGD alone pins the zero of D to ~1e-5: ⊥ under tau_infer = 1e-4 ...
         res = strict_inference(Np, Dp, InferenceConfig(tau_infer=1e-4, tau_train=1e-3))
+        assert bool(res.bottom_mask.all())
+        assert infinity_sign(Np, res.bottom_mask).tolist() == [[1]]
+    # ... and the closed-form head polish puts it below the default tau_infer = 1e-6.
+    names = ["numerator.weight", "numerator.bias", "denominator.weight", "denominator.bias"]
+    assert polish_rational_head(model, names, x, y).accepted
+    with torch.no_grad():
+        Np, Dp = model(torch.tensor([[POLE]]))
+        res = strict_inference(Np, Dp, InferenceConfig())
         assert bool(res.bottom_mask.all())
         assert infinity_sign(Np, res.bottom_mask).tolist() == [[1]]
         # just left of the pole the value is hugely negative: the sign flips across the pole
