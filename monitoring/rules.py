@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from monitoring.settings import MonitorSettings
@@ -390,8 +390,16 @@ class RuleEngine:
     def firing(self) -> list[Tracker]:
         return [t for t in self.trackers.values() if t.state is State.FIRING]
 
-    def forget(self, version: str) -> None:
-        """A retired model version (no data for a whole horizon) keeps only its firing trackers."""
+    def retire(self, version: str, now: float) -> list[Alert]:
+        """A model version without data for the whole horizon while others still report has been replaced:
+        its firing alerts resolve (nothing left to judge, and "no data" covers a fleet gone silent), and its
+        state is dropped so that memory does not grow with every rollout."""
+        alerts: list[Alert] = []
         for key in [k for k in self.trackers if k[1] == version]:
-            if self.trackers[key].state is not State.FIRING:
-                del self.trackers[key]
+            tr = self.trackers.pop(key)
+            if tr.state is State.FIRING and tr.pending_since is not None and tr.fired_at is not None:
+                last = tr.last or Observation(None, False, False, 0.0, 0.0, 0)
+                obs = Observation(None, False, True, last.threshold, last.clear_level, 0, last.baseline)
+                alert = self.make_alert(tr, "resolved", obs, now, tr.window, tr.window_s, tr.pending_since, tr.fired_at)
+                alerts.append(replace(alert, summary=f"resolved: model version {version} retired (no data)"))
+        return alerts

@@ -169,7 +169,7 @@ class Monitor:
         if t - self._last_forget >= self.s.long_window / 4:
             self._last_forget = t
             for version in self.store.forget_idle(t):
-                self.engine.forget(version)
+                self._publish(self.engine.retire(version, t))
             for worker in [k for k, w in self._workers.items() if w[0] < t - self.horizon]:
                 del self._workers[worker]
 
@@ -205,6 +205,13 @@ class Monitor:
                 tr.adopt(alert)  # resolve only once the clear level is seen again, by normal evaluation
             else:
                 tr.pending_since, tr.fired_at = alert.started_at, alert.fired_at
+        still_firing = [
+            a
+            for a in self.announced.values()
+            if a.state == "firing" and self.engine.tracker(a.rule, a.model_version).state is State.FIRING
+        ]
+        for sink in self.sinks:
+            sink.restore(still_firing)
         for tr in self.engine.firing():
             key = f"{tr.rule}/{tr.model_version}"
             prev = self.announced.get(key)

@@ -29,6 +29,10 @@ log = structlog.get_logger("zeroproof.monitor")
 class AlertSink(Protocol):
     def emit(self, alert: Alert) -> None: ...
 
+    def restore(self, firing: list[Alert]) -> None:
+        """After a restart: alerts an earlier instance announced that are still firing (not re-announced)."""
+        ...
+
     def tick(self, now: float) -> None: ...
 
     def close(self) -> None: ...
@@ -44,6 +48,9 @@ class LogSink:
             log.warning(alert.summary, event_kind="alert", **fields)
         else:
             log.info(alert.summary, event_kind="alert", **fields)
+
+    def restore(self, firing: list[Alert]) -> None:
+        return None
 
     def tick(self, now: float) -> None:
         return None
@@ -77,6 +84,9 @@ class KafkaAlertSink:
             self._producer.send(self.topic, key=alert.key.encode(), value=orjson.dumps(alert.to_dict())).get(timeout=15)
         except Exception as exc:  # the alert still reaches the log and the webhook
             log.error("alert publish failed", topic=self.topic, alert_id=alert.alert_id, error=repr(exc))
+
+    def restore(self, firing: list[Alert]) -> None:
+        return None  # already on the topic: that is where they were recovered from
 
     def tick(self, now: float) -> None:
         return None
@@ -137,6 +147,13 @@ class AlertmanagerSink:
         else:
             self.firing.pop(alert.key, None)
         self._enqueue([alertmanager_payload(alert, self.clock(), self.resend)])
+
+    def restore(self, firing: list[Alert]) -> None:
+        """Keep re-sending alerts that were firing before a restart, or Alertmanager would time them out."""
+        for alert in firing:
+            self.firing[alert.key] = alert
+        if firing:
+            self._enqueue([alertmanager_payload(a, self.clock(), self.resend) for a in firing])
 
     def tick(self, now: float) -> None:
         if self.firing and now - self._last_resend >= self.resend:

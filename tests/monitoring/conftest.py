@@ -19,9 +19,13 @@ class ListSink:
     def __init__(self) -> None:
         self.alerts: list[Alert] = []
         self.ticks = 0
+        self.restored: list[Alert] = []
 
     def emit(self, alert: Alert) -> None:
         self.alerts.append(alert)
+
+    def restore(self, firing: list[Alert]) -> None:
+        self.restored += firing
 
     def tick(self, now: float) -> None:
         self.ticks += 1

@@ -26,8 +26,8 @@ def feed(m: Monitor, clock: SimClock, events: list[tuple[float, str, StatsMessag
 
 
 def live_monitor(sink: ListSink, clock: SimClock, announced: dict[str, Alert] | None = None, **kw: object) -> Monitor:
-    m = Monitor(fast_settings(**kw), [sink], clock, announced=announced)
-    return m
+    # The simulated clock also stands in for real time (worker idleness): the test runs faster than real time.
+    return Monitor(fast_settings(**kw), [sink], clock, announced=announced, monotonic=clock)
 
 
 def test_malformed_records_are_counted_and_skipped() -> None:
@@ -106,6 +106,7 @@ def test_announced_firing_is_adopted_when_replay_cannot_judge() -> None:
     m = live_monitor(sink, clock, announced={started.key: started})
     m.finish_replay()
     assert m.engine.tracker(COVERAGE, "v").state is State.FIRING
+    assert sink.restored == [started]  # e.g. the webhook keeps re-sending it
     # Healthy but thin data: still cannot judge, so still firing.
     thin = Stream("v", [Phase(0, 0.0)], workers=1, batch=1, period=5)
     feed(m, clock, list(generate([thin], T0 + 10_000, 120, seed=1)))
@@ -194,3 +195,20 @@ def test_evaluation_waits_for_lagging_workers_until_they_are_idle() -> None:
     assert m.watermark() == T0 + 39
     mono.set(10.0)
     assert m.watermark() == T0 + 139
+
+
+def test_a_replaced_model_version_resolves_its_alerts_and_is_forgotten() -> None:
+    clock, sink = SimClock(T0), ListSink()
+    m = live_monitor(sink, clock)
+    m.finish_replay()
+    old = Stream("old", [Phase(0, 0.3, 0.0)])
+    new = Stream("new", [Phase(0, 0.005, 0.0)])
+    feed(m, clock, list(generate([old, new], T0, 300, seed=1)))
+    assert m.firing_keys() == [f"{COVERAGE}/old"]
+    feed(m, clock, list(generate([new], T0 + 300, 1200, seed=2)))  # the rollout is done; "old" is gone
+    retired = [a for a in sink.alerts if a.model_version == "old" and a.state == "resolved"]
+    assert len(retired) == 1
+    assert "retired" in retired[0].summary
+    assert retired[0].evaluated_at >= T0 + 300 + m.s.long_window
+    assert "old" not in m.store.model_versions()
+    assert not [k for k in m.engine.trackers if k[1] == "old"]

@@ -105,3 +105,17 @@ def test_webhook_failure_never_blocks_or_raises() -> None:
     assert time.monotonic() - t < 0.1  # posting happens on the sink's own thread
     sink.close()
     assert sink.failed == 1
+
+
+def test_webhook_restore_keeps_recovered_alerts_alive(alertmanager: FakeAlertmanager) -> None:
+    clock = SimClock(T0 + 3600)
+    sink = AlertmanagerSink(alertmanager.url, resend=60, timeout=2, clock=clock)
+    try:
+        sink.restore([FIRING])
+        alertmanager.wait(1)
+        sink.tick(T0 + 3600 + 61)
+        alertmanager.wait(2)
+    finally:
+        sink.close()
+    assert len(alertmanager.posts) == 2
+    assert alertmanager.posts[1][0]["startsAt"] == "2026-01-15T00:00:00Z"
