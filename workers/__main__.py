@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from workers import logs
 
-    log = logs.configure(settings.log_level, worker_id=settings.worker_id)
+    log = logs.configure(settings.log_level, worker_id=settings.worker_id, kafka_level=settings.kafka_log_level)
     stop = {"now": False}
 
     def early_stop(signum: int, frame: Any) -> None:
@@ -101,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = RedisReviewStore(redis_client(settings), settings.redis_key_prefix)
         with_backoff("redis", lambda: store.ping(), log, settings, lambda: stop["now"])
         producer = with_backoff("kafka", lambda: KafkaProducerTransport(settings), log, settings, lambda: stop["now"])
+        out_topics = [settings.output_topic, settings.dlq_topic, settings.fallback_topic, settings.stats_topic]
+        parts = with_backoff("kafka", lambda: producer.warm(out_topics), log, settings, lambda: stop["now"])
+        log.info("output_topics_ready", partitions=parts)
         consumer = with_backoff("kafka", lambda: KafkaConsumerTransport(settings), log, settings, lambda: stop["now"])
     except StoppedError:
         log.info("stopped_during_startup")
@@ -109,7 +112,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("startup_failed", error=str(exc) or type(exc).__name__)
         return 1
 
-    worker = Worker(settings, consumer, producer, store, runtime, build_chain(settings), metrics, log)
+    worker = Worker(
+        settings,
+        consumer,
+        producer,
+        store,
+        runtime,
+        build_chain(settings),
+        metrics,
+        log,
+        producer_factory=lambda: KafkaProducerTransport(settings),
+    )
     worker.install_signal_handlers()
     if stop["now"]:
         worker.stopping = True

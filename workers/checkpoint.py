@@ -37,6 +37,7 @@ class InFlight:
     send_attempts: int = 0
     input_timestamps_ms: list[int] = field(default_factory=list)
     created: float = field(default_factory=time.monotonic)
+    stall_level: int = 0
 
     def sends_acked(self) -> bool:
         return all(h.done() and h.error() is None for h in self.handles)
@@ -52,6 +53,8 @@ class Checkpoint:
         log: Any,
         topic_kind: Callable[[str], str],
         max_backoff_s: float = 5.0,
+        producer_factory: Callable[[], Producer] | None = None,
+        stall_s: float = 5.0,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
@@ -60,6 +63,8 @@ class Checkpoint:
         self.log = log
         self.topic_kind = topic_kind
         self.max_backoff_s = max_backoff_s
+        self.producer_factory = producer_factory
+        self.stall_s = stall_s
         self.pending: deque[InFlight] = deque()
         self.uncommitted: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
@@ -127,6 +132,32 @@ class Checkpoint:
             batch.handles[i] = self.producer.send(s.topic, s.key, s.value, s.headers)
         batch.next_send_retry = now + min(self.max_backoff_s, 0.05 * 2 ** min(batch.send_attempts, 10))
 
+    def _watch_stall(self, b: InFlight, now: float) -> None:
+        """Sends unacknowledged for ``stall_s`` (the client normally answers in milliseconds): first flush,
+        then replace the producer and re-send what is outstanding. Duplicates are possible, loss is not."""
+        if now - b.created < self.stall_s * (b.stall_level + 1) or all(h.done() for h in b.handles):
+            return
+        b.stall_level += 1
+        self.metrics.error("kafka_produce_stall")
+        outstanding = sum(1 for p in self.pending for h in p.handles if not h.done())
+        if b.stall_level == 1 or self.producer_factory is None:
+            self.log.warning("producer_stalled", outstanding=outstanding, waited_s=round(now - b.created, 2))
+            self.producer.flush(0.0)
+            return
+        self.log.error("producer_recreated", outstanding=outstanding, waited_s=round(now - b.created, 2))
+        old = self.producer
+        try:
+            self.producer = self.producer_factory()
+        except Exception as exc:
+            self.log.error("producer_recreate_failed", error=repr(exc))
+            return
+        old.close(0.0)
+        for p in self.pending:
+            for i, h in enumerate(p.handles):
+                if not h.done() or h.error() is not None:
+                    s = p.sends[i]
+                    p.handles[i] = self.producer.send(s.topic, s.key, s.value, s.headers)
+
     def progress(self, commit: bool = True) -> int:
         """Advance retries, move the durable prefix to ``uncommitted``, commit it. Returns batches completed."""
         now = time.monotonic()
@@ -134,6 +165,8 @@ class Checkpoint:
             if not b.reviews_done and now >= b.next_review_try:
                 self._write_reviews(b, now)
             self._retry_failed_sends(b, now)
+        if self.pending:
+            self._watch_stall(self.pending[0], now)
         done = 0
         while self.pending and self.pending[0].reviews_done and self.pending[0].sends_acked():
             b = self.pending.popleft()
@@ -170,18 +203,31 @@ class Checkpoint:
                 del self.uncommitted[tp]
         return True
 
-    def drain(self, timeout_s: float, poll_idle: Callable[[], None] | None = None) -> bool:
-        """Wait (bounded) until every in-flight batch is durable, committing as they complete."""
+    def drain(self, timeout_s: float, commit: bool = True) -> bool:
+        """Wait (bounded) until every in-flight batch is durable; ``commit=False`` leaves committing to the
+        caller (inside a rebalance, where only the transport may talk to the group coordinator)."""
         deadline = time.monotonic() + timeout_s
         while self.pending and time.monotonic() < deadline:
-            if self.progress() == 0:
+            if self.progress(commit=commit) == 0:
                 self.producer.flush(min(0.05, max(0.0, deadline - time.monotonic())))
-                if poll_idle is not None:
-                    poll_idle()
-                else:
-                    time.sleep(0.002)
-        self.progress()
+                time.sleep(0.001)
+        self.progress(commit=commit)
+        if self.pending:
+            b = self.pending[0]
+            self.log.warning(
+                "drain_incomplete",
+                batches=len(self.pending),
+                sends_pending=sum(1 for h in b.handles if not h.done()),
+                sends_failed=sum(1 for h in b.handles if h.done() and h.error() is not None),
+                reviews_done=b.reviews_done,
+                topics=sorted({s.topic for s, h in zip(b.sends, b.handles, strict=True) if not h.done()}),
+            )
         return not self.pending
+
+    def durable_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Durable, not yet committed next-offsets of ``partitions``."""
+        want = set(partitions)
+        return {tp: off for tp, off in self.uncommitted.items() if tp in want and self.committed.get(tp, -1) < off}
 
     def forget(self, partitions: Iterable[TopicPartition]) -> int:
         """Partitions we no longer own: their uncommitted work is abandoned (the new owner redelivers it)."""

@@ -11,7 +11,9 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure(level: str = "info", service: str = "zeroproof-worker", worker_id: str | None = None) -> Any:
+def configure(
+    level: str = "info", service: str = "zeroproof-worker", worker_id: str | None = None, kafka_level: str = "warning"
+) -> Any:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -25,6 +27,9 @@ def configure(level: str = "info", service: str = "zeroproof-worker", worker_id:
         cache_logger_on_first_use=False,
     )
     # kafka-python logs through stdlib logging; keep its noise (and nothing secret) at WARNING on stderr.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("kafka").setLevel(_LEVELS.get(kafka_level, logging.WARNING))
     log = structlog.get_logger(service)
     return log.bind(service=service, worker_id=worker_id) if worker_id else log.bind(service=service)

@@ -116,6 +116,7 @@ class WorkerSettings(BaseSettings):
     producer_linger_ms: int = Field(default=5, ge=0)
     producer_batch_size: int = Field(default=262_144, ge=1024)
     producer_acks: Literal["all", "1"] = "all"
+    producer_stall_s: float = Field(default=5.0, gt=0, description="unacked sends this old: flush, then new producer")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     kafka_sasl_username: str | None = None
@@ -147,6 +148,7 @@ class WorkerSettings(BaseSettings):
 
     # --- observability
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    kafka_log_level: Literal["debug", "info", "warning", "error"] = "warning"
     bottom_log_rate: float = Field(default=10.0, ge=0, description="⊥ log events per second; the rest counted")
     stats_labels: str = ""
     shadow_thresholds: str = ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -89,6 +89,7 @@ class Worker:
         metrics: WorkerMetrics,
         log: Any,
         reloader: Callable[[], ModelRuntime] | None = None,
+        producer_factory: Callable[[], Producer] | None = None,
     ) -> None:
         self.s = settings
         self.consumer = consumer
@@ -111,10 +112,20 @@ class Worker:
             settings.fallback_topic: "fallback",
             settings.stats_topic: "stats",
         }
-        self.checkpoint = Checkpoint(consumer, producer, reviews, metrics, log, lambda t: kinds.get(t, "other"))
+        self.checkpoint = Checkpoint(
+            consumer,
+            producer,
+            reviews,
+            metrics,
+            log,
+            lambda t: kinds.get(t, "other"),
+            producer_factory=producer_factory,
+            stall_s=settings.producer_stall_s,
+        )
         self.bottom_log = BottomLogLimiter(log, metrics, settings.bottom_log_rate)
         self.reloader = reloader or (lambda: load_runtime(settings, device=self.runtime.device))
         self.buffer: _Buffer | None = None
+        self.seek_pending: set[TopicPartition] = set()
         self.paused = False
         self.stopping = False
         self.reload_requested = False
@@ -136,26 +147,47 @@ class Worker:
         self.reload_requested = True
 
     # --- rebalance (called inside consumer.poll) -----------------------------------------------------------
-    def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+    def on_revoked(self, partitions: Sequence[TopicPartition]) -> Mapping[TopicPartition, int]:
+        """Bounded drain of in-flight batches; returns the durable offsets of the revoked partitions for the
+        transport to commit. Buffered (not yet processed) records of those partitions are dropped: they are
+        uncommitted, so their new owner reads them again. Never raises (it runs inside the client)."""
         gone = set(partitions)
-        dropped = 0
-        if self.buffer is not None:
-            keep = [r for r in self.buffer.records if r.tp not in gone]
-            dropped = len(self.buffer.records) - len(keep)
-            self.buffer = _Buffer(keep, self.buffer.first_at, self.buffer.first_wall) if keep else None
-        drained = self.checkpoint.drain(self.s.drain_timeout_s)
-        abandoned = self.checkpoint.forget(gone)
-        self.log.info(
-            "partitions_revoked",
-            partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in gone),
-            drained=drained,
-            abandoned_batches=abandoned,
-            dropped_buffered=dropped,
-        )
-        self.paused = False
-        self.metrics.paused.set(0)
+        if not gone:
+            return {}
+        try:
+            dropped = 0
+            if self.buffer is not None:
+                keep = [r for r in self.buffer.records if r.tp not in gone]
+                dropped = len(self.buffer.records) - len(keep)
+                self.buffer = _Buffer(keep, self.buffer.first_at, self.buffer.first_wall) if keep else None
+            drained = self.checkpoint.drain(self.s.drain_timeout_s, commit=False)
+            offsets = self.checkpoint.durable_offsets(gone)
+            abandoned = self.checkpoint.forget(gone)
+            self.log.info(
+                "partitions_revoked",
+                partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in gone),
+                drained=drained,
+                abandoned_batches=abandoned,
+                dropped_buffered=dropped,
+                committing={f"{tp.topic}:{tp.partition}": off for tp, off in sorted(offsets.items())},
+            )
+            self.paused = False
+            self.metrics.paused.set(0)
+            return offsets
+        except Exception as exc:  # a listener that raises would take the consumer down with it
+            self.log.error("revoke_failed", error=repr(exc))
+            self.checkpoint.forget(gone)
+            return {}
+
+    def on_revoke_committed(self, offsets: Mapping[TopicPartition, int], error: BaseException | None) -> None:
+        if error is not None:
+            self.metrics.error("kafka_commit")
+            self.log.warning("revoke_commit_failed", error=repr(error), partitions=len(offsets))
 
     def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        # A client may keep the fetch position of a partition it gets back, past records we dropped from the
+        # buffer or abandoned in flight: the main loop re-seeks every new assignment to its committed offset.
+        self.seek_pending.update(partitions)
         self.log.info("partitions_assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in partitions))
         self.paused = False
         self.metrics.paused.set(0)
@@ -235,6 +267,23 @@ class Worker:
         if out.bottoms:
             self.bottom_log(out.bottoms, out.model_version)
 
+    def _apply_seeks(self, recs: list[Record]) -> list[Record]:
+        """Main thread, after the poll that completed a rebalance: restart new partitions from their commits
+        and drop whatever that poll already returned for them (it is read again)."""
+        tps = sorted(self.seek_pending)
+        try:
+            self.consumer.seek_to_committed(tps)
+        except Exception as exc:
+            self.metrics.error("kafka_consume")
+            self.log.warning("seek_failed", error=repr(exc))
+            return [r for r in recs if r.tp not in self.seek_pending]
+        self.seek_pending.clear()
+        gone = set(tps)
+        if self.buffer is not None:
+            keep = [r for r in self.buffer.records if r.tp not in gone]
+            self.buffer = _Buffer(keep, self.buffer.first_at, self.buffer.first_wall) if keep else None
+        return [r for r in recs if r.tp not in gone]
+
     def step(self) -> None:
         """One iteration: progress deliveries, maybe reload, poll, maybe dispatch a batch."""
         self.checkpoint.progress()
@@ -253,12 +302,20 @@ class Worker:
         if self.checkpoint.in_flight:
             timeout = min(timeout, 0.002)
         want = max_batch - buffered
-        if self.paused:
-            recs = self.consumer.poll(min(timeout, 0.002), 1)  # keeps the group session; paused → no records
-        elif want > 0:
-            recs = self.consumer.poll(timeout, want)
-        else:
+        try:
+            if self.paused:
+                recs = self.consumer.poll(min(timeout, 0.002), 1)  # keeps the group session; paused → no records
+            elif want > 0:
+                recs = self.consumer.poll(timeout, want)
+            else:
+                recs = []
+        except Exception as exc:  # broker gone, coordinator moved...: the client reconnects; we keep going
+            self.metrics.error("kafka_consume")
+            self.log.warning("poll_failed", error=repr(exc))
+            time.sleep(0.2)
             recs = []
+        if self.seek_pending:
+            recs = self._apply_seeks(recs)
         if recs:
             if self.buffer is None:
                 self.buffer = _Buffer(list(recs), time.monotonic(), time.time())
@@ -306,7 +363,7 @@ class Worker:
         try:
             self.consumer.close()
         finally:
-            self.producer.close(min(5.0, self.s.drain_timeout_s))
+            self.checkpoint.producer.close(min(5.0, self.s.drain_timeout_s))
         return 0
 
 

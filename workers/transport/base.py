@@ -30,9 +30,16 @@ class Record:
 
 
 class RebalanceListener(Protocol):
-    """Called from inside ``Consumer.poll`` (same thread), as Kafka's rebalance protocol dictates."""
+    """Called while ``Consumer.poll`` is blocked (kafka-python 3 calls it on its IO thread).
 
-    def on_revoked(self, partitions: Sequence[TopicPartition]) -> None: ...
+    ``on_revoked`` must not call the consumer: it finishes what it can (bounded) and returns the durable
+    next-offsets of the revoked partitions; the transport commits them before the partitions move on, then
+    reports the result through ``on_revoke_committed``.
+    """
+
+    def on_revoked(self, partitions: Sequence[TopicPartition]) -> Mapping[TopicPartition, int]: ...
+
+    def on_revoke_committed(self, offsets: Mapping[TopicPartition, int], error: BaseException | None) -> None: ...
 
     def on_assigned(self, partitions: Sequence[TopicPartition]) -> None: ...
 
@@ -55,6 +62,10 @@ class Consumer(Protocol):
     def resume(self, partitions: Sequence[TopicPartition]) -> None: ...
 
     def assignment(self) -> set[TopicPartition]: ...
+
+    def seek_to_committed(self, partitions: Sequence[TopicPartition]) -> None:
+        """Restart ``partitions`` from their committed offsets (the reset policy where none is committed)."""
+        ...
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Synchronously commit ``offset`` = the next offset to read, per partition; raises on failure."""

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
+
+try:  # kafka-python >= 3: listeners run on the client's IO thread and must not block on consumer APIs
+    from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+except ImportError:  # kafka-python 2.x: listeners run inside poll() on the caller's thread
+    AsyncConsumerRebalanceListener = None
 
 from workers.settings import WorkerSettings
 from workers.transport.base import DeliveryHandle, RebalanceListener, Record, TopicPartition
@@ -40,21 +47,61 @@ def bootstrap_list(settings: WorkerSettings) -> list[str]:
     return settings.kafka_bootstrap.split(",")
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, inner: RebalanceListener) -> None:
+def _k_offsets(offsets: Mapping[TopicPartition, int]) -> dict[Any, Any]:
+    return {KTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
+
+
+def _ours(tps: Any) -> list[TopicPartition]:
+    return sorted(TopicPartition(tp.topic, tp.partition) for tp in tps)
+
+
+class _SyncListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """kafka-python 2.x: commit the revoked partitions' durable offsets with the ordinary blocking commit."""
+
+    def __init__(self, inner: RebalanceListener, consumer: Any) -> None:
         self.inner = inner
+        self.consumer = consumer
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        self.inner.on_revoked([TopicPartition(tp.topic, tp.partition) for tp in revoked])
+        offsets = self.inner.on_revoked(_ours(revoked))
+        error: BaseException | None = None
+        if offsets:
+            try:
+                self.consumer.commit(_k_offsets(offsets))
+            except Exception as exc:
+                error = exc
+        self.inner.on_revoke_committed(offsets, error)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        self.inner.on_assigned([TopicPartition(tp.topic, tp.partition) for tp in assigned])
+        self.inner.on_assigned(_ours(assigned))
+
+
+def _async_listener(inner: RebalanceListener, consumer: Any) -> Any:
+    """kafka-python 3: the listener runs on the IO thread, so the commit is awaited, not blocked on."""
+    assert AsyncConsumerRebalanceListener is not None
+
+    class _AsyncListener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            offsets = inner.on_revoked(_ours(revoked))
+            error: BaseException | None = None
+            if offsets:
+                try:
+                    await consumer._coordinator._commit_offsets_sync_async(_k_offsets(offsets), 10_000)
+                except Exception as exc:
+                    error = exc
+            inner.on_revoke_committed(offsets, error)
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            inner.on_assigned(_ours(assigned))
+
+    return _AsyncListener()
 
 
 class KafkaConsumerTransport:
     """A group member with auto-commit off; ``commit`` is synchronous and takes next-offsets."""
 
     def __init__(self, settings: WorkerSettings, client_id: str | None = None) -> None:
+        self._reset = settings.auto_offset_reset
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_list(settings),
             group_id=settings.group_id,
@@ -70,7 +117,11 @@ class KafkaConsumerTransport:
         )
 
     def subscribe(self, topic: str, listener: RebalanceListener) -> None:
-        self._consumer.subscribe(topics=[topic], listener=_Listener(listener))
+        use_async = AsyncConsumerRebalanceListener is not None and hasattr(
+            getattr(self._consumer, "_coordinator", None), "_commit_offsets_sync_async"
+        )
+        wrapped = _async_listener(listener, self._consumer) if use_async else _SyncListener(listener, self._consumer)
+        self._consumer.subscribe(topics=[topic], listener=wrapped)
 
     def poll(self, timeout_s: float, max_records: int) -> list[Record]:
         batches = self._consumer.poll(timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records)
@@ -101,11 +152,21 @@ class KafkaConsumerTransport:
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
 
+    def seek_to_committed(self, partitions: Sequence[TopicPartition]) -> None:
+        owned = self._consumer.assignment()
+        for tp in partitions:
+            ktp = KTopicPartition(tp.topic, tp.partition)
+            if ktp not in owned:
+                continue
+            off = self._consumer.committed(ktp)
+            if off is not None:
+                self._consumer.seek(ktp, off)
+            elif self._reset == "earliest":
+                self._consumer.seek_to_beginning(ktp)
+
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if offsets:
-            self._consumer.commit(
-                {KTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
-            )
+            self._consumer.commit(_k_offsets(offsets))
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
@@ -164,8 +225,35 @@ class KafkaProducerTransport:
             return _FailedHandle(exc)
         return _KafkaHandle(fut)
 
+    def warm(self, topics: Sequence[str], timeout_s: float = 30.0) -> dict[str, int]:
+        """Fetch (and, where the broker auto-creates, create) the output topics' metadata before the first batch,
+        and wait until every partition has a leader: a first send racing a topic's creation can otherwise sit
+        on "unknown leader" for a long time. Returns partitions per topic; raises if the broker never answers."""
+        import time
+
+        out: dict[str, int] = {}
+        deadline = time.monotonic() + timeout_s
+        for topic in dict.fromkeys(topics):
+            while True:
+                parts = self._producer.partitions_for(topic) or set()
+                meta = getattr(self._producer, "_metadata", None)
+                leaders_known = meta is None or all(
+                    (meta.leader_for_partition(KTopicPartition(topic, p)) or -1) >= 0 for p in parts
+                )
+                if parts and leaders_known:
+                    out[topic] = len(parts)
+                    break
+                if time.monotonic() > deadline:
+                    raise KafkaTimeoutError(f"no leaders for topic {topic} after {timeout_s}s")
+                time.sleep(0.1)
+        return out
+
     def flush(self, timeout_s: float) -> None:
-        self._producer.flush(timeout=timeout_s)
+        # a timeout only means not everything is acknowledged yet: the handles say which
+        with contextlib.suppress(KafkaTimeoutError):
+            self._producer.flush(timeout=timeout_s)
 
     def close(self, timeout_s: float) -> None:
-        self._producer.close(timeout=timeout_s)
+        # unacknowledged records were never committed: they will be redelivered
+        with contextlib.suppress(KafkaTimeoutError):
+            self._producer.close(timeout=timeout_s)

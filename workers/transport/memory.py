@@ -83,7 +83,9 @@ class InMemoryConsumer:
     def revoke_all(self) -> None:
         """Simulate a rebalance: revoke everything, then re-assign from the committed offsets."""
         if self.listener is not None:
-            self.listener.on_revoked(sorted(self.positions))
+            offsets = self.listener.on_revoked(sorted(self.positions))
+            self.commit(offsets)
+            self.listener.on_revoke_committed(offsets, None)
         self.positions.clear()
         self.paused.clear()
 
@@ -101,6 +103,11 @@ class InMemoryConsumer:
         if not out and timeout_s > 0:
             time.sleep(min(timeout_s, 0.005))
         return out
+
+    def seek_to_committed(self, partitions: Sequence[TopicPartition]) -> None:
+        for tp in partitions:
+            if tp in self.positions:
+                self.positions[tp] = self.broker.committed.get((self.group, tp), 0)
 
     def pause(self, partitions: Sequence[TopicPartition]) -> None:
         self.paused.update(partitions)

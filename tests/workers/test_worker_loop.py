@@ -1,0 +1,179 @@
+"""The worker loop against the in-memory transport: commit order, backpressure, retries, revoke, reload."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from tests.workers.helpers import known_pole_bundle, msg
+from workers.fallback import build_chain
+from workers.metrics import WorkerMetrics
+from workers.model import load_runtime
+from workers.pipeline import ReviewItem
+from workers.review import ReviewStoreError
+from workers.settings import WorkerSettings
+from workers.transport.memory import InMemoryBroker, InMemoryConsumer, InMemoryProducer
+from workers.worker import Worker
+
+pytestmark = pytest.mark.unit
+
+
+class FakeReviews:
+    """Same interface as RedisReviewStore.record_batch; idempotent by id; can fail on demand."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, bytes] = {}
+        self.fail = False
+        self.calls = 0
+
+    def record_batch(self, items: Sequence[ReviewItem]) -> int:
+        self.calls += 1
+        if self.fail:
+            raise ReviewStoreError("redis down (injected)")
+        new = 0
+        for it in items:
+            if it.input_id not in self.records:
+                self.records[it.input_id] = it.record
+                new += 1
+        return new
+
+    def ping(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def make(tmp_path: Path, **kw: Any) -> tuple[Worker, InMemoryBroker, InMemoryConsumer, FakeReviews]:
+    s = WorkerSettings(
+        model=known_pole_bundle(tmp_path / "kp.zpb"),
+        input_topic="in",
+        max_batch_size=kw.pop("max_batch_size", 8),
+        max_batch_delay_ms=kw.pop("max_batch_delay_ms", 5),
+        reload_check_s=0,
+        **kw,
+    )
+    broker = InMemoryBroker(partitions=2)
+    consumer = InMemoryConsumer(broker, "g")
+    reviews = FakeReviews()
+    log = structlog.get_logger("test")
+    w = Worker(s, consumer, InMemoryProducer(broker), reviews, load_runtime(s), build_chain(s), WorkerMetrics(), log)
+    consumer.subscribe("in", w)
+    return w, broker, consumer, reviews
+
+
+def feed(broker: InMemoryBroker, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        x = 0.5 if i % 5 == 0 else 0.1
+        broker.append("in", f"r{i % 3}".encode(), msg(i, [x]))
+
+
+def spin(w: Worker, seconds: float = 0.3) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        w.step()
+
+
+def committed_total(broker: InMemoryBroker) -> int:
+    return sum(off for (g, tp), off in broker.committed.items() if tp.topic == "in")
+
+
+def output_ids(broker: InMemoryBroker) -> list[str]:
+    return [json.loads(v)["id"] for v in broker.values("zeroproof.outputs")]
+
+
+def test_every_input_gets_one_output_and_offsets_commit(tmp_path: Path) -> None:
+    w, broker, _, reviews = make(tmp_path)
+    feed(broker, 50)
+    spin(w)
+    assert sorted(output_ids(broker), key=int) == [str(i) for i in range(50)]
+    assert committed_total(broker) == 50
+    assert set(reviews.records) == {str(i) for i in range(0, 50, 5)}
+    stats = [json.loads(v) for v in broker.values("zeroproof.stats")]
+    assert sum(s["counts"]["total"] for s in stats) == 50 and sum(s["counts"]["bottom"] for s in stats) == 10
+
+
+def test_no_commit_before_broker_ack_and_backpressure_pauses(tmp_path: Path) -> None:
+    w, broker, consumer, _ = make(tmp_path)
+    broker.hold_sends = True
+    feed(broker, 40)
+    spin(w)
+    assert committed_total(broker) == 0  # outputs not acknowledged → nothing committed
+    assert w.checkpoint.in_flight == 1 and w.paused  # bounded: one batch in flight, the next one buffered
+    assert w.buffer is not None and len(w.buffer.records) == 8
+    gaps = [b - a for a, b in zip(consumer.poll_times, consumer.poll_times[1:], strict=False)]
+    assert max(gaps) < 0.5  # still polling (group session healthy) while paused
+    broker.hold_sends = False
+    broker.release()
+    spin(w)
+    assert committed_total(broker) == 40 and len(set(output_ids(broker))) == 40
+
+
+def test_redis_down_blocks_commit_then_recovers(tmp_path: Path) -> None:
+    w, broker, consumer, reviews = make(tmp_path)
+    reviews.fail = True
+    feed(broker, 20)
+    spin(w, 0.4)
+    assert committed_total(broker) == 0 and reviews.calls >= 2 and w.paused
+    reviews.fail = False
+    spin(w, 1.0)
+    assert committed_total(broker) == 20
+    assert set(reviews.records) == {"0", "5", "10", "15"}
+
+
+def test_failed_sends_are_resent(tmp_path: Path) -> None:
+    w, broker, _, _ = make(tmp_path)
+    broker.fail_next_sends = 3
+    feed(broker, 16)
+    spin(w, 0.6)
+    assert committed_total(broker) == 16
+    assert sorted(set(output_ids(broker)), key=int) == [str(i) for i in range(16)]
+
+
+def test_revoke_drops_buffer_and_redelivers_from_commit(tmp_path: Path) -> None:
+    w, broker, consumer, _ = make(tmp_path, max_batch_delay_ms=10_000, max_batch_size=1000)
+    feed(broker, 10)
+    spin(w, 0.1)  # all 10 buffered, waiting for the (long) deadline
+    assert w.buffer is not None and len(w.buffer.records) == 10 and not output_ids(broker)
+    consumer.revoke_all()
+    assert w.buffer is None
+    w.s = w.s.model_copy(update={"max_batch_delay_ms": 5.0})
+    spin(w, 0.3)
+    assert sorted(output_ids(broker), key=int) == [str(i) for i in range(10)]
+    assert committed_total(broker) == 10
+
+
+def test_reload_between_batches(tmp_path: Path) -> None:
+    w, broker, _, _ = make(tmp_path)
+    feed(broker, 8)
+    spin(w, 0.2)
+    known_pole_bundle(tmp_path / "kp.zpb", pole=2.0, version="known-pole-2")
+    w.reload_requested = True
+    spin(w, 0.1)
+    feed(broker, 8, start=8)
+    spin(w, 0.2)
+    outs = {json.loads(v)["id"]: json.loads(v) for v in broker.values("zeroproof.outputs")}
+    assert {outs[str(i)]["model_version"] for i in range(8)} == {"known-pole-1"}
+    assert {outs[str(i)]["model_version"] for i in range(8, 16)} == {"known-pole-2"}
+    assert outs["10"]["status"] == "ok"  # 0.5 is not a pole of the new model
+
+
+def test_shutdown_commits_only_durable(tmp_path: Path) -> None:
+    w, broker, _, _ = make(tmp_path, drain_timeout_s=0.2)
+    feed(broker, 8)
+    spin(w, 0.2)
+    broker.hold_sends = True
+    feed(broker, 8, start=8)
+    spin(w, 0.2)
+    w.stopping = True
+    t0 = time.monotonic()
+    assert w.shutdown() == 0
+    assert time.monotonic() - t0 < 2.0  # bounded drain
+    assert committed_total(broker) == 8  # the held batch was never acknowledged, so it is not committed
+    assert w.consumer.closed  # type: ignore[attr-defined]
