@@ -124,21 +124,28 @@ class Monitor:
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def watermark(self) -> float | None:
-        """Event time up to which every active worker has reported: the minimum of the per-worker watermarks.
+        """Event time up to which every worker has reported (or provably has nothing to report).
 
-        Stats of different workers sit on different partitions and a consumer may receive one partition many
-        seconds of event time ahead of another; evaluating on the newest event time would judge windows that
-        still miss other workers' batches, and the result would depend on fetch interleaving. A worker that
-        is more than ``worker_idle_after`` behind the newest one and has sent nothing for a couple of seconds
-        of real time is idle (stopped, scaled down) and no longer holds evaluation back.
+        Stats of different workers sit on different partitions, and a consumer catching up may receive one
+        partition many seconds of event time ahead of another; evaluating on the newest event time would judge
+        windows that still miss other workers' batches, and the result would depend on fetch interleaving.
+        So the watermark is the minimum over workers, where a worker's own watermark is its newest
+        ``window_end`` plus the real time since its last record (less ``allowed_lateness`` for delivery
+        jitter): a live worker that had no traffic for 30 s has published nothing newer, and must not hold
+        evaluation back for 30 s. A worker more than ``worker_idle_after`` behind the newest one that has sent
+        nothing for a couple of seconds is gone (stopped, scaled down, or long past in a replay).
         """
         if not self._workers:
             return None
         newest = max(w[0] for w in self._workers.values())
         now = self.monotonic()
-        idle_after = self.s.worker_idle_after
-        active = [w[0] for w in self._workers.values() if newest - w[0] <= idle_after or now - w[1] < _IDLE_WALL]
-        return min(active) if active else newest
+        idle_after, slack = self.s.worker_idle_after, self.s.allowed_lateness
+        marks = [
+            wm + max(0.0, now - seen - slack)
+            for wm, seen in self._workers.values()
+            if newest - wm <= idle_after or now - seen < _IDLE_WALL
+        ]
+        return min(min(marks), newest) if marks else newest
 
     def _advance(self) -> None:
         newest = self.store.watermark

@@ -99,7 +99,7 @@ class KafkaAlertSink:
 
 
 def _rfc3339(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(t, tz=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def alertmanager_payload(alert: Alert, now: float, resend: float) -> dict[str, Any]:

@@ -212,3 +212,32 @@ def test_a_replaced_model_version_resolves_its_alerts_and_is_forgotten() -> None
     assert retired[0].evaluated_at >= T0 + 300 + m.s.long_window
     assert "old" not in m.store.model_versions()
     assert not [k for k in m.engine.trackers if k[1] == "old"]
+
+
+def test_a_sparse_live_worker_does_not_delay_evaluation() -> None:
+    """Live: event time runs with real time. A worker with a batch every 30 s must not hold ticks for 30 s."""
+    clock, sink = SimClock(T0), ListSink()
+    m = Monitor(fast_settings(), [sink], clock, monotonic=clock)
+    m.finish_replay()
+
+    def batch(worker: str, end: float) -> bytes:
+        return encode(
+            StatsMessage(
+                worker_id=worker,
+                model_version="v",
+                tau_infer=1e-6,
+                tau_train=None,
+                window_start=end - 1,
+                window_end=end,
+                counts=Counts(total=10),
+            )
+        )
+
+    for t in range(0, 200):
+        clock.set(T0 + t)
+        if t % 30 == 0:
+            m.ingest(batch("sparse", T0 + t))
+        m.ingest(batch("busy", T0 + t))
+        wm = m.watermark()
+        assert wm is not None
+        assert wm >= T0 + t - m.s.allowed_lateness - 1
