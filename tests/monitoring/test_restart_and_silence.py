@@ -121,3 +121,20 @@ def test_silent_workers_fire_no_data_then_resolve(kafka_bootstrap: str) -> None:
     assert history[0]["model_version"] == FLEET
     assert history[0]["threshold"] == s.no_data_after
     assert alerts_for(read_topic(kafka_bootstrap, alerts), "v1") == []  # silence is not a coverage problem
+
+
+@pytest.mark.timeout(120)
+def test_monitor_started_before_the_topics_exist(kafka_bootstrap: str) -> None:
+    """First deployment: the monitor comes up before any worker has created the stats topic."""
+    stats, alerts = unique("stats"), unique("alerts")
+    s = fast_settings(kafka_bootstrap=kafka_bootstrap, stats_topic=stats, alerts_topic=alerts)
+    clock = SimClock(T0)
+    mon = start_monitor(s, clock)
+    pub = Publisher(kafka_bootstrap, stats, clock)
+    try:
+        pub.publish(list(generate([DROP], T0, 800, seed=6)), mon)
+        assert mon.service.firing() == INCIDENT
+    finally:
+        mon.close()
+        pub.close()
+    assert len(read_topic(kafka_bootstrap, alerts)) == 3
