@@ -239,6 +239,7 @@ def main() -> int:
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
             "broker": "tansu (in-memory)" if broker else bootstrap,
+            "command": ".venv/bin/python bench/monitor.py",
             "settings": {
                 k: v
                 for k, v in default_settings().model_dump().items()
