@@ -3,6 +3,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_h
+from hypothesis import strategies as st
 
 from monitoring.rules import (
     BOTTOM_RISE,
@@ -164,3 +167,28 @@ def test_rise_significance_guards_low_volume(settings: MonitorSettings) -> None:
     # 15 of 300 (5 %) is.
     assert rise_p_value(15, 300, 16, 3300) < settings.bottom_rise_max_p
     assert eng.observe_bottom_rise(WindowCounts(total=300, bottom=15), base, None).bad
+
+
+@settings_h(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(["bad", "between", "good", "unknown"]), min_size=1, max_size=300),
+    st.sampled_from([0, 10, 30]),
+    st.sampled_from([0, 10, 30]),
+)
+def test_state_machine_invariants(seq: list[str], pending: int, clear_for: int) -> None:
+    """For any observation sequence (5 s apart): firing and resolved alternate, firing needs the bad
+    condition throughout the pending duration, resolving needs the clear condition throughout clear_for."""
+    kinds = {"bad": BAD, "between": BETWEEN, "good": GOOD, "unknown": UNKNOWN}
+    tr = Tracker("r", "v", pending=pending, clear_for=clear_for)
+    events = run(tr, [(i * 5, kinds[k]) for i, k in enumerate(seq)])
+    states = [e for _, e in events]
+    assert states == ["firing", "resolved"] * (len(states) // 2) + ["firing"] * (len(states) % 2)
+    for t, e in events:
+        i = t // 5
+        if e == "firing":
+            need = pending // 5
+            assert i - need >= 0
+            assert all(seq[j] == "bad" for j in range(i - need, i + 1))
+        else:
+            need = clear_for // 5
+            assert all(seq[j] == "good" for j in range(i - need, i + 1))
