@@ -85,6 +85,8 @@ class Checkpoint:
         sends = list(outcome.sends)
         sends.extend(extra)
         handles = [self.producer.send(s.topic, s.key, s.value, s.headers) for s in sends]
+        # the batch is complete: send now instead of waiting out linger_ms (a zero-timeout flush only kicks)
+        self.producer.flush(0.0)
         batch = InFlight(
             self._seq, dict(outcome.offsets), sends, handles, outcome, input_timestamps_ms=outcome.input_timestamps_ms
         )

@@ -103,6 +103,10 @@ class FallbackChain:
         self.controllers = list(controllers)
         self._observers = [c for c in self.controllers if not isinstance(c, (ConstantSafe, ExternalController))]
 
+    @property
+    def has_observers(self) -> bool:
+        return bool(self._observers)
+
     def observe(self, entity: str, value: list[float], now: float) -> None:
         for c in self._observers:
             c.observe(entity, value, now)

