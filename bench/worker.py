@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -107,10 +108,8 @@ def bench_worker(bootstrap: str, redis_url: str, model: Path, values: list[bytes
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(OSError):  # the endpoint opens a moment after start-up
                 samples.append((time.monotonic(), scrape(port)))
-            except OSError:
-                pass
             if samples and samples[-1][1] >= n:
                 break
             time.sleep(0.1)
@@ -191,8 +190,9 @@ def bench_naive(bootstrap: str, model_path: Path, values: list[bytes]) -> dict[s
                 m = json.loads(r.value)
                 with torch.inference_mode():
                     N, D = servable.model(torch.tensor([m["features"]], dtype=torch.float32))
-                dec, bot, gap = strict_inference(N, D, cfg)
-                out = {"id": m["id"], "value": [None if b else v for v, b in zip(dec[0].tolist(), bot[0].tolist())]}
+                dec, bot, _ = strict_inference(N, D, cfg)
+                value = [None if b else v for v, b in zip(dec[0].tolist(), bot[0].tolist(), strict=True)]
+                out = {"id": m["id"], "value": value}
                 p.send(f"{tag}.outputs", key=r.key, value=json.dumps(out).encode()).get(timeout=30)
                 c.commit({tp: OffsetAndMetadata(r.offset + 1, "", -1)})
                 seen += 1
