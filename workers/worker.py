@@ -290,9 +290,10 @@ class Worker:
         self.checkpoint.progress()
         if self.checkpoint.in_flight == 0:
             self.metrics.last_progress.set(time.time())
-            if self.buffer is None:
-                self.maybe_reload()
-                self.bottom_log.tick()
+        # The runtime is only read when a batch is dispatched (atomically, in this thread), so swapping it here
+        # is "between batches" even under load; in-flight batches keep the version they were served with.
+        self.maybe_reload()
+        self.bottom_log.tick()
         max_batch = self.s.max_batch_size
         buffered = len(self.buffer.records) if self.buffer is not None else 0
         # Backpressure: stop fetching when the next batch is full and cannot be dispatched, or a downstream

@@ -164,6 +164,25 @@ def test_reload_between_batches(tmp_path: Path) -> None:
     assert outs["10"]["status"] == "ok"  # 0.5 is not a pole of the new model
 
 
+def test_reload_under_continuous_load(tmp_path: Path) -> None:
+    """A reload request is honoured even when there is always a batch in flight or buffered."""
+    w, broker, _, _ = make(tmp_path)
+    broker.hold_sends = True
+    feed(broker, 20)
+    spin(w, 0.1)
+    assert w.checkpoint.in_flight == 1 and w.buffer is not None
+    known_pole_bundle(tmp_path / "kp.zpb", pole=2.0, version="known-pole-2")
+    w.reload_requested = True
+    spin(w, 0.05)
+    assert w.runtime.model_version == "known-pole-2"
+    broker.hold_sends = False
+    broker.release()
+    spin(w, 0.3)
+    outs = [json.loads(v) for v in broker.values("zeroproof.outputs")]
+    assert len({o["id"] for o in outs}) == 20
+    assert {o["model_version"] for o in outs} == {"known-pole-1", "known-pole-2"}  # first batch kept its version
+
+
 def test_shutdown_commits_only_durable(tmp_path: Path) -> None:
     w, broker, _, _ = make(tmp_path, drain_timeout_s=0.2)
     feed(broker, 8)
