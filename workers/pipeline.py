@@ -231,7 +231,7 @@ def process_batch(
 
     # 1. parse + validate (pydantic-core parses the JSON itself: one pass, strict, NaN literals rejected)
     by_width: dict[int, list[tuple[Record, InputMessage]]] = {}
-    validate = InputMessage.model_validate_json
+    validate = InputMessage.__pydantic_validator__.validate_json  # the classmethod wrapper costs ~20% more
     for rec in records:
         if not rec.value:
             to_dlq(rec, "empty", "message has no value")
