@@ -331,3 +331,29 @@ def test_hot_reload_thresholds_on_sighup_and_bundle_on_change(
     finally:
         w.kill()
         reader.close()
+
+
+@pytest.mark.timeout(90)
+def test_redis_auth_and_secrets_never_logged(
+    kafka_bootstrap: str, bundle: Path, topics: Topics, tmp_path: Path
+) -> None:
+    secret = "s3cr3t-Redis-pw"
+    server = start_redis(password=secret)
+    url = server.extra["url"]
+    w = WorkerProc(
+        worker_env(kafka_bootstrap, url, bundle, topics, kafka_sasl_password="another-s3cret"), tmp_path / "w.log"
+    )
+    reader = TopicReader(kafka_bootstrap, topics.outputs)
+    try:
+        produce(kafka_bootstrap, topics.inputs, [(b"k", msg("pole", [POLE]))])
+        reader.read_until(lambda rs: len(rs) >= 1, 60)
+        assert reader.json()[0]["status"] == "bottom"
+        assert review_ids(url, topics) == ["pole"]  # written through AUTH
+        assert w.terminate() == 0
+        log = w.log_path.read_text()
+        assert secret not in log and "another-s3cret" not in log
+        assert "redis://:***@127.0.0.1" in log  # the URL is logged, redacted
+    finally:
+        w.kill()
+        reader.close()
+        server.stop()
