@@ -72,6 +72,15 @@ class BottomLogLimiter:
 
 
 @dataclass
+class _Prepared:
+    records: list[Record]
+    out: BatchOutcome
+    extra: list[Outgoing]
+    queue_s: float
+    process_s: float
+
+
+@dataclass
 class _Buffer:
     records: list[Record]
     first_at: float  # monotonic time the first record was polled
@@ -126,6 +135,7 @@ class Worker:
         self.bottom_log = BottomLogLimiter(log, metrics, settings.bottom_log_rate)
         self.reloader = reloader or (lambda: load_runtime(settings, device=self.runtime.device))
         self.buffer: _Buffer | None = None
+        self.prepared: _Prepared | None = None
         self.seek_pending: set[TopicPartition] = set()
         self.paused = False
         self.stopping = False
@@ -161,6 +171,11 @@ class Worker:
                 keep = [r for r in self.buffer.records if r.tp not in gone]
                 dropped = len(self.buffer.records) - len(keep)
                 self.buffer = _Buffer(keep, self.buffer.first_at, self.buffer.first_wall) if keep else None
+            if self.prepared is not None:
+                # processed but never sent: drop it; its other partitions restart from their commits
+                dropped += len(self.prepared.records)
+                self.seek_pending.update(r.tp for r in self.prepared.records if r.tp not in gone)
+                self.prepared = None
             drained = self.checkpoint.drain(self.s.drain_timeout_s, commit=False)
             offsets = self.checkpoint.durable_offsets(gone)
             abandoned = self.checkpoint.forget(gone)
@@ -250,9 +265,11 @@ class Worker:
         )
 
     # --- the loop ------------------------------------------------------------------------------------------
-    def dispatch(self) -> None:
+    def prepare(self) -> None:
+        """Process the buffered batch (CPU only, nothing sent): runs while the previous batch awaits its acks
+        and commit, so compute overlaps I/O without a second batch being sent-but-uncommitted."""
         buf = self.buffer
-        if buf is None:
+        if buf is None or self.prepared is not None:
             return
         self.buffer = None
         t_start = time.monotonic()
@@ -260,13 +277,25 @@ class Worker:
         self.batches += 1
         stats = stats_message(out, self.s.worker_id, buf.first_wall, time.time(), self.batches)
         extra = [Outgoing(self.s.stats_topic, self.s.worker_id.encode(), stats)]
-        self.checkpoint.submit(out, extra)
-        process_s = time.monotonic() - t_start
-        self.metrics.batch_processed(len(buf.records), out, t_start - buf.first_at, process_s)
+        self.prepared = _Prepared(buf.records, out, extra, t_start - buf.first_at, time.monotonic() - t_start)
+
+    def submit_prepared(self) -> None:
+        p = self.prepared
+        if p is None:
+            return
+        self.prepared = None
+        self.checkpoint.submit(p.out, p.extra)
+        out = p.out
+        self.metrics.batch_processed(len(p.records), out, p.queue_s, p.process_s)
         if out.fallback_by:
             self.metrics.fallbacks(out.model_version, out.fallback_by)
         if out.bottoms:
             self.bottom_log(out.bottoms, out.model_version)
+
+    def dispatch(self) -> None:
+        """Process and send the buffered batch now (tests and shutdown paths)."""
+        self.prepare()
+        self.submit_prepared()
 
     def _apply_seeks(self, recs: list[Record]) -> list[Record]:
         """Main thread, after the poll that completed a rebalance: restart new partitions from their commits
@@ -298,15 +327,15 @@ class Worker:
         buffered = len(self.buffer.records) if self.buffer is not None else 0
         # Backpressure: stop fetching when the next batch is full and cannot be dispatched, or a downstream
         # is failing; keep polling (paused) so the group membership and max_poll_interval stay healthy.
-        self._set_paused((buffered >= max_batch and not self._can_dispatch()) or self.checkpoint.blocked_downstream)
+        self._set_paused((buffered >= max_batch and self.prepared is not None) or self.checkpoint.blocked_downstream)
         now = time.monotonic()
         timeout = max(0.0, self.buffer.first_at + self.s.max_batch_delay_s - now) if self.buffer is not None else 0.1
         if self.checkpoint.in_flight:
-            timeout = min(timeout, 0.002)
+            timeout = min(max(timeout, 0.001), 0.002)  # wake often for acks, but never spin
         want = max_batch - buffered
         try:
             if self.paused:
-                recs = self.consumer.poll(min(timeout, 0.002), 1)  # keeps the group session; paused → no records
+                recs = self.consumer.poll(0.002, 1)  # keeps the group session; paused → no records
             elif want > 0:
                 recs = self.consumer.poll(timeout, want)
             else:
@@ -324,10 +353,13 @@ class Worker:
             else:
                 self.buffer.records.extend(recs)
         buf = self.buffer
-        if buf is not None and self._can_dispatch():
-            full = len(buf.records) >= max_batch
-            if full or time.monotonic() >= buf.first_at + self.s.max_batch_delay_s:
-                self.dispatch()
+        due = buf is not None and (
+            len(buf.records) >= max_batch or time.monotonic() >= buf.first_at + self.s.max_batch_delay_s
+        )
+        if due and self.prepared is None:
+            self.prepare()
+        if self.prepared is not None and self._can_dispatch():
+            self.submit_prepared()
 
     def run(self) -> int:
         # Everything loaded so far (torch, the model, clients) lives for the whole run: freezing it keeps the
@@ -354,7 +386,9 @@ class Worker:
         """Bounded drain: abandon the not-yet-dispatched buffer (it is uncommitted, so it will be redelivered),
         wait up to ``drain_timeout_s`` for in-flight batches, commit what is durable, leave the group."""
         abandoned = len(self.buffer.records) if self.buffer is not None else 0
+        abandoned += len(self.prepared.records) if self.prepared is not None else 0
         self.buffer = None
+        self.prepared = None
         t0 = time.monotonic()
         drained = self.checkpoint.drain(self.s.drain_timeout_s)
         self.checkpoint.commit()

@@ -115,6 +115,21 @@ def test_no_commit_before_broker_ack_and_backpressure_pauses(tmp_path: Path) -> 
     assert committed_total(broker) == 40 and len(set(output_ids(broker))) == 40
 
 
+def test_next_batch_is_computed_but_not_sent_while_one_is_in_flight(tmp_path: Path) -> None:
+    w, broker, _, _ = make(tmp_path)
+    broker.hold_sends = True
+    feed(broker, 24)
+    spin(w, 0.2)
+    assert w.checkpoint.in_flight == 1
+    assert w.prepared is not None and len(w.prepared.records) == 8  # computed while waiting
+    first = {json.loads(h.payload[2])["id"] for h in broker.pending if h.payload[0] == "zeroproof.outputs"}
+    assert len(first) == 8  # only the in-flight batch was sent: one uncommitted batch at most
+    broker.hold_sends = False
+    broker.release()
+    spin(w, 0.3)
+    assert committed_total(broker) == 24 and len(set(output_ids(broker))) == 24
+
+
 def test_redis_down_blocks_commit_then_recovers(tmp_path: Path) -> None:
     w, broker, consumer, reviews = make(tmp_path)
     reviews.fail = True
