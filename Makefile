@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/zeroproof demo $(ARGS)
+	$(BIN)/zeroproof run $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

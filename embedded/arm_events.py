@@ -37,7 +37,7 @@ class ScenarioConfig:
     malformed_fraction: float = 0.002
     fault_start: float = 0.35  # fraction of the run
     fault_end: float = 0.5
-    fault_fraction: float = 0.35  # share of events during the fault that sit within 1e-6 rad of θ2 = 0
+    fault_fraction: float = 0.35  # share of events during the fault that sit within 3e-4 rad of θ2 = 0
     sites: tuple[str, ...] = ("lab-a", "lab-b")
 
     def in_fault(self, elapsed_s: float) -> bool:
@@ -116,7 +116,8 @@ class ArmFleet:
             dx, dy = speed * math.cos(theta1), speed * math.sin(theta1)
             kind = "unreachable"
         elif cfg.in_fault(elapsed_s) and self.rng.random() < cfg.fault_fraction:
-            theta2 = self.rng.uniform(-1e-6, 1e-6)
+            # log-uniform distance to the pole: some land on ⊥ (|det J| tiny), some in the gap, some just above.
+            theta2 = math.copysign(10 ** self.rng.uniform(-8, -3.5), self.rng.random() - 0.5)
             kind = "near_singular"
         features = [theta1, theta2, dx, dy]
         message = {

@@ -68,7 +68,7 @@ def review_queue(redis_url: str) -> list[dict[str, Any]]:
     """Pending ⊥ review records, through the same CLI a reviewer uses."""
     env = {**os.environ, "ZEROPROOF_REDIS_URL": redis_url}
     proc = subprocess.run(
-        [sys.executable, "-m", "zeroproof", "review", "list", "--json"],
+        [sys.executable, "-m", "zeroproof", "review", "list", "--json", "--limit", "0"],
         env=env,
         capture_output=True,
         text=True,
@@ -112,8 +112,8 @@ def build_report(
         f"reasons {outputs['dlq_reasons']}",
         f"alerts           {len(fired)} fired, {len(resolved)} resolved: "
         + ", ".join(f"{a.get('rule')}:{a.get('state')}@{a.get('_seen_at', 0):.0f}s" for a in timeline.alerts),
-        f"review queue     {len(reviews)} pending ⊥ inputs in Redis: inspect with "
-        f"`ZEROPROOF_REDIS_URL=<url> zeroproof review list` (this run's Redis stopped with it)",
+        f"review queue     {len(reviews)} pending ⊥ inputs (saved to review-queue.jsonl); against a live Redis: "
+        "`ZEROPROOF_REDIS_URL=redis://... zeroproof review list | show ID | ack ID | replay ID`",
     ]
     return {
         "options": {k: str(v) for k, v in vars(options).items()},
@@ -123,7 +123,7 @@ def build_report(
         "alerts": timeline.alerts,
         "alerts_fired": len(fired),
         "alerts_resolved": len(resolved),
-        "review_queue": {"pending": len(reviews), "sample": reviews[:5]},
+        "review_queue": {"pending": len(reviews), "sample": reviews[:5], "records": reviews},
         "timeline": timeline.points,
         "summary_text": "\n".join(lines),
         "bootstrap": bootstrap,
@@ -165,6 +165,8 @@ def plot_timeline(timeline: Timeline, path: Path) -> None:
 
 def write_report(report: dict[str, Any], timeline: Timeline, out_dir: Path) -> dict[str, Path]:
     paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md", "plot": out_dir / "rates.png"}
+    records = report["review_queue"].pop("records", [])
+    (out_dir / "review-queue.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     paths["json"].write_text(json.dumps(report, indent=2, default=str) + "\n")
     plot_timeline(timeline, paths["plot"])
     paths["markdown"].write_text(

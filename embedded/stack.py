@@ -155,6 +155,7 @@ def monitor_env(options: StackOptions) -> dict[str, str]:
         "ZEROPROOF_LONG_WINDOW": str(max(short * 4, options.duration_s)),
         "ZEROPROOF_BUCKET": "1",
         "ZEROPROOF_EVAL_INTERVAL": "1",
+        "ZEROPROOF_ALLOWED_LATENESS": "1",
         "ZEROPROOF_COVERAGE_PENDING": "2",
         "ZEROPROOF_GAP_PENDING": "2",
         "ZEROPROOF_BOTTOM_RISE_PENDING": "2",
