@@ -97,7 +97,9 @@ class WorkerMetrics:
             self.messages_out.labels(kind).inc(n)
         now_ms = time.time() * 1000.0
         obs = self.e2e.observe
-        for ts in input_timestamps_ms:
+        # an evenly spaced sample of at most 64 per batch: the distribution is kept, the per-message cost is not
+        step = max(1, len(input_timestamps_ms) // 64)
+        for ts in input_timestamps_ms[::step]:
             if ts > 0:
                 obs(max(0.0, (now_ms - ts) / 1000.0))
         self.last_progress.set(time.time())

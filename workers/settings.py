@@ -103,6 +103,7 @@ class WorkerSettings(BaseSettings):
     max_batch_size: int = Field(default=512, ge=1, le=100_000)
     max_batch_delay_ms: float = Field(default=20.0, gt=0, le=60_000)
     max_in_flight_batches: int = Field(default=1, ge=1, le=64)
+    prepare_ahead: bool = Field(default=True, description="compute the next batch while one awaits its acks")
     max_poll_records: int = Field(default=2048, ge=1)
     drain_timeout_s: float = Field(default=10.0, gt=0)
     device: str = "auto"

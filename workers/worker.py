@@ -356,7 +356,7 @@ class Worker:
         due = buf is not None and (
             len(buf.records) >= max_batch or time.monotonic() >= buf.first_at + self.s.max_batch_delay_s
         )
-        if due and self.prepared is None:
+        if due and self.prepared is None and (self.s.prepare_ahead or self._can_dispatch()):
             self.prepare()
         if self.prepared is not None and self._can_dispatch():
             self.submit_prepared()
