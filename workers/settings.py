@@ -100,7 +100,7 @@ class WorkerSettings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
 
     # --- batching and flow control
-    max_batch_size: int = Field(default=512, ge=1, le=100_000)
+    max_batch_size: int = Field(default=1024, ge=1, le=100_000)
     max_batch_delay_ms: float = Field(default=20.0, gt=0, le=60_000)
     max_in_flight_batches: int = Field(default=1, ge=1, le=64)
     prepare_ahead: bool = Field(default=True, description="compute the next batch while one awaits its acks")
