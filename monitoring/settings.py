@@ -14,10 +14,17 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ENV_PREFIX = "ZEROPROOF_"
+from zeroproof.utils.settings import (
+    ENV_PREFIX,
+    NamedSettingError,
+    load_settings_from,
+    settings_arg_parser,
+)
+from zeroproof.utils.settings import SettingsError as SettingsError  # re-exported for callers
+
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m|h)?\s*$")
 
@@ -165,56 +172,19 @@ class MonitorSettings(BaseSettings):
         return out
 
 
-class _SettingError(ValueError):
-    def __init__(self, name: str, msg: str) -> None:
-        super().__init__(msg)
-        self.name = name
-
-
-def _field_error(name: str, msg: str) -> _SettingError:
-    return _SettingError(name, msg)
-
-
-class SettingsError(Exception):
-    """One line naming the bad setting, ready to print."""
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _field_error(name: str, msg: str) -> NamedSettingError:
+    return NamedSettingError(name, msg)
 
 
 def build_arg_parser(prog: str = "zeroproof-monitor") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Aggregates zeroproof.stats and fires alerts. Every flag overrides its ZEROPROOF_* variable.",
+    return settings_arg_parser(
+        MonitorSettings,
+        prog,
+        "Aggregates zeroproof.stats and fires alerts. Every flag overrides its ZEROPROOF_* variable.",
+        show_defaults=True,
     )
-    for name, field in MonitorSettings.model_fields.items():
-        env = ENV_PREFIX + name.upper()
-        parser.add_argument(
-            _flag(name), dest=name, default=None, metavar="VALUE", help=f"(env {env}, default {field.default!r})"
-        )
-    return parser
-
-
-def describe_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    ctx_error = (err.get("ctx") or {}).get("error")
-    if isinstance(ctx_error, _SettingError):
-        return f"invalid setting {ENV_PREFIX}{ctx_error.name.upper()} ({_flag(ctx_error.name)}): {ctx_error}"
-    loc = [str(p) for p in err.get("loc", ()) if not isinstance(p, int)]
-    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-    if loc:
-        name = loc[0]
-        return f"invalid setting {ENV_PREFIX}{name.upper()} ({_flag(name)}): {msg}"
-    return f"invalid settings: {msg}"
 
 
 def load_settings(argv: Sequence[str] | None = None, **overrides: Any) -> MonitorSettings:
     """Environment, then CLI flags, then ``overrides``; raises :class:`SettingsError` with one clear line."""
-    args = build_arg_parser().parse_args(argv)
-    cli = {k: v for k, v in vars(args).items() if v is not None}
-    cli.update(overrides)
-    try:
-        return MonitorSettings(**cli)
-    except ValidationError as exc:
-        raise SettingsError(describe_error(exc)) from None
+    return load_settings_from(build_arg_parser(), MonitorSettings, argv, overrides)

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from zeroproof.utils.settings import ENV_PREFIX, load_settings_from, settings_arg_parser
+from zeroproof.utils.settings import SettingsError as SettingsError  # re-exported for callers
 
 Policy = Literal["accept", "fallback", "reject"]
 FALLBACK_KINDS = ("hold_last", "constant", "external")
-ENV_PREFIX = "ZEROPROOF_"
 
 
 def _default_worker_id() -> str:
@@ -270,41 +272,14 @@ class WorkerSettings(BaseSettings):
         return out
 
 
-class SettingsError(Exception):
-    """One line naming the bad setting, ready to print."""
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def build_arg_parser(prog: str = "zeroproof-worker") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Streaming strict-inference worker. Every flag overrides its ZEROPROOF_* environment variable.",
+    return settings_arg_parser(
+        WorkerSettings,
+        prog,
+        "Streaming strict-inference worker. Every flag overrides its ZEROPROOF_* environment variable.",
     )
-    for name, _field in WorkerSettings.model_fields.items():
-        env = ENV_PREFIX + name.upper()
-        parser.add_argument(_flag(name), dest=name, default=None, metavar="VALUE", help=f"(env {env})")
-    return parser
-
-
-def describe_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = [str(p) for p in err.get("loc", ()) if not isinstance(p, int)]
-    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-    if loc:
-        name = loc[0]
-        return f"invalid setting {ENV_PREFIX}{name.upper()} ({_flag(name)}): {msg}"
-    return f"invalid settings: {msg}"
 
 
 def load_settings(argv: Sequence[str] | None = None, **overrides: Any) -> WorkerSettings:
     """Environment, then CLI flags, then ``overrides``; raises :class:`SettingsError` with one clear line."""
-    args = build_arg_parser().parse_args(argv)
-    cli = {k: v for k, v in vars(args).items() if v is not None}
-    cli.update(overrides)
-    try:
-        return WorkerSettings(**cli)
-    except ValidationError as exc:
-        raise SettingsError(describe_error(exc)) from None
+    return load_settings_from(build_arg_parser(), WorkerSettings, argv, overrides)
