@@ -346,6 +346,17 @@ def _infer_group(
             fb[controller or ""] = fb.get(controller or "", 0) + 1
         elif action == "reject":
             n_rejected += 1
+        # Which model, thresholds, source record and worker produced this: the same block in the output, the
+        # external fallback request and the review record.
+        provenance = {
+            "model_version": mv,
+            "tau_infer": ti,
+            "tau_train": tt,
+            "topic": rec.topic,
+            "partition": rec.partition,
+            "offset": rec.offset,
+            "worker_id": cfg.worker_id,
+        }
         doc: dict[str, Any] = {
             "schema": OUTPUT_SCHEMA,
             "id": msg.id,
@@ -357,13 +368,7 @@ def _infer_group(
             "action": action,
             "fallback_controller": controller,
             "fallback_value": fb_value,
-            "model_version": mv,
-            "tau_infer": ti,
-            "tau_train": tt,
-            "topic": rec.topic,
-            "partition": rec.partition,
-            "offset": rec.offset,
-            "worker_id": cfg.worker_id,
+            **provenance,
             "ts": msg.ts,
             "labels": msg.labels,
         }
@@ -378,13 +383,7 @@ def _infer_group(
                 "model_value": value,
                 "bottom": bottom_l[i],
                 "gap": gap_l[i],
-                "model_version": mv,
-                "tau_infer": ti,
-                "tau_train": tt,
-                "topic": rec.topic,
-                "partition": rec.partition,
-                "offset": rec.offset,
-                "worker_id": cfg.worker_id,
+                **provenance,
             }
             sends.append(Outgoing(cfg.fallback_topic, rec.key, dumps(req)))
         if status == "bottom":
@@ -401,13 +400,7 @@ def _infer_group(
                 "bottom": bottom_l[i],
                 "gap": gap_l[i],
                 "nonfinite_input": bool(bad[i]),
-                "model_version": mv,
-                "tau_infer": ti,
-                "tau_train": tt,
-                "topic": rec.topic,
-                "partition": rec.partition,
-                "offset": rec.offset,
-                "worker_id": cfg.worker_id,
+                **provenance,
                 "recorded_at": now,
             }
             out.reviews.append(ReviewItem(msg.id, dumps(review), now))
