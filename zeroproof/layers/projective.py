@@ -34,6 +34,10 @@ class ProjectiveRationalLayer(nn.Module):
     make every output ⊥; ``True`` shares one denominator across outputs (a common pole, e.g. det J).
     """
 
+    # Constructor arguments for bundles: plain Python data that TorchScript need not see.
+    __jit_ignored_attributes__ = ["init_kwargs"]  # noqa: RUF012
+    init_kwargs: dict[str, Any]
+
     def __init__(
         self,
         in_features: int,
@@ -45,7 +49,7 @@ class ProjectiveRationalLayer(nn.Module):
         super().__init__()
         if in_features < 1 or out_features < 1 or numerator_degree < 1 or denominator_degree < 1:
             raise ValueError("features and degrees must be >= 1")
-        self.init_kwargs: dict[str, Any] = {
+        self.init_kwargs = {
             "in_features": in_features,
             "out_features": out_features,
             "numerator_degree": numerator_degree,
@@ -74,6 +78,10 @@ class ProjectiveRationalLayer(nn.Module):
 class ProjectiveMLP(nn.Module):
     """MLP feature backbone followed by a :class:`ProjectiveRationalLayer` head."""
 
+    # Constructor arguments for bundles: plain Python data that TorchScript need not see.
+    __jit_ignored_attributes__ = ["init_kwargs"]  # noqa: RUF012
+    init_kwargs: dict[str, Any]
+
     def __init__(
         self,
         in_features: int,
@@ -94,7 +102,7 @@ class ProjectiveMLP(nn.Module):
         }
         if activation not in acts:
             raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}")
-        self.init_kwargs: dict[str, Any] = {
+        self.init_kwargs = {
             "in_features": in_features,
             "out_features": out_features,
             "hidden": hidden,
