@@ -65,12 +65,21 @@ class OutputMessage(BaseModel):
 
 
 class DLQMessage(BaseModel):
-    """A message that could not be served. ``original`` is the raw value, base64 (bytes may not be UTF-8)."""
+    """A message that could not be served, with the reason and where it came from.
+
+    ``original_b64`` is the raw value in base64 (bytes may not be UTF-8), ``original_text`` the same when it is
+    valid UTF-8. Originals above 256 KiB are truncated so that the record fits one produce request:
+    ``original_truncated`` is then true, and ``original_size``/``original_sha256`` identify the whole message.
+    """
 
     schema_: Literal["zeroproof.dlq/1"] = Field(default=DLQ_SCHEMA, alias="schema")
     reason: str
     detail: str
-    original: str
+    original_b64: str
+    original_text: str | None
+    original_size: int
+    original_truncated: bool = False
+    original_sha256: str | None = None
     topic: str
     partition: int
     offset: int

@@ -9,6 +9,8 @@ masks and the shadow thresholds are one vectorised call each per batch.
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -116,18 +118,72 @@ def _classify(exc: ValidationError) -> tuple[str, str]:
     return "wrong_type", detail[:300]
 
 
+#: A DLQ record must fit one produce request (kafka-python's max_request_size is 1 MiB): the original is kept
+#: whole up to this size and truncated beyond it (its length and sha256 are recorded).
+DLQ_MAX_ORIGINAL_BYTES = 256 * 1024
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _has_nonfinite_literal(raw: bytes) -> bool:
+    """NaN/Infinity literals anywhere (unknown fields included) make a message invalid JSON (contract §3).
+
+    pydantic-core rejects them in the fields it validates but skips ignored fields; this second look runs only
+    when the bytes contain such a word, and the stdlib parser tells a literal from the same word in a string.
+    """
+    if b"NaN" not in raw and b"Infinity" not in raw:
+        return False
+    try:
+        json.loads(raw, parse_constant=_reject_constant)
+    except ValueError:
+        return True
+    return False
+
+
+def _plain_numbers(obj: Any) -> Any:
+    """Integers beyond 64 bits as floats (inf where even a double overflows, which orjson writes as null)."""
+    if isinstance(obj, bool):
+        return obj
+    if isinstance(obj, int) and not -(2**63) <= obj < 2**64:
+        try:
+            return float(obj)
+        except OverflowError:
+            return math.inf if obj > 0 else -math.inf
+    if isinstance(obj, dict):
+        return {k: _plain_numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain_numbers(v) for v in obj]
+    return obj
+
+
+def dumps(doc: Any) -> bytes:
+    """orjson, except for the rare document holding an integer beyond 64 bits (valid JSON input): orjson refuses
+    those, which once made one such input a poison pill that killed the worker on every redelivery."""
+    try:
+        return orjson.dumps(doc)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_plain_numbers(doc))
+
+
 def _dlq(rec: Record, reason: str, detail: str, dlq_topic: str, worker_id: str) -> Outgoing:
     raw = rec.value or b""
+    kept = raw[:DLQ_MAX_ORIGINAL_BYTES]
+    truncated = len(kept) < len(raw)
     try:
-        text: str | None = raw.decode("utf-8")
+        text: str | None = None if truncated else raw.decode("utf-8")
     except UnicodeDecodeError:
         text = None
     doc = {
         "schema": DLQ_SCHEMA,
         "reason": reason,
         "detail": detail,
-        "original_b64": base64.b64encode(raw).decode("ascii"),
+        "original_b64": base64.b64encode(kept).decode("ascii"),
         "original_text": text,
+        "original_size": len(raw),
+        "original_truncated": truncated,
+        "original_sha256": hashlib.sha256(raw).hexdigest() if truncated else None,
         "topic": rec.topic,
         "partition": rec.partition,
         "offset": rec.offset,
@@ -138,7 +194,7 @@ def _dlq(rec: Record, reason: str, detail: str, dlq_topic: str, worker_id: str) 
         ("zeroproof-reason", reason.encode()),
         ("zeroproof-source", f"{rec.topic}:{rec.partition}:{rec.offset}".encode()),
     )
-    return Outgoing(dlq_topic, rec.key, orjson.dumps(doc), headers)
+    return Outgoing(dlq_topic, rec.key, dumps(doc), headers)
 
 
 def _features_array(rows: Sequence[list[float | int | None]], width: int) -> np.ndarray:
@@ -242,6 +298,9 @@ def process_batch(
             reason, detail = _classify(exc)
             to_dlq(rec, reason, detail)
             continue
+        if _has_nonfinite_literal(rec.value):
+            to_dlq(rec, "non_finite_literal", "NaN/Infinity literal (not JSON) in an unvalidated field")
+            continue
         by_width.setdefault(len(msg.features), []).append((rec, msg))
 
     for width, group in by_width.items():
@@ -317,7 +376,6 @@ def _infer_group(
     out_width = len(decoded_l[0]) if decoded_l else 0
     labels_wanted = cfg.stats_labels
     sends = out.sends
-    dumps = orjson.dumps
     for i, (rec, msg) in enumerate(group):
         status = "bottom" if rb_l[i] else ("gap" if rg_l[i] else "ok")
         value = decoded_l[i]

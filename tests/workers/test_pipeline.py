@@ -14,6 +14,7 @@ from torch import nn
 
 from tests.workers.helpers import known_pole_bundle, msg, rec
 from workers.fallback import build_chain
+from workers.messages import DLQMessage
 from workers.model import ModelRuntime, load_runtime
 from workers.pipeline import PipelineConfig, Routing, process_batch
 from workers.settings import WorkerSettings
@@ -64,6 +65,7 @@ def test_poison_messages_go_to_dlq_with_reason_and_source(kp_settings: WorkerSet
         assert dlq[off]["reason"] == reason, (off, dlq[off])
         assert base64.b64decode(dlq[off]["original_b64"]) == raw
         assert (dlq[off]["topic"], dlq[off]["partition"]) == ("in", 0)
+        DLQMessage.model_validate(dlq[off])  # the documented schema is what we produce
     outputs = by_topic(out, "out")
     assert [o["id"] for o in outputs] == ["good"]  # the rest of the batch goes on
     assert out.offsets[records[0].tp] == 13  # every record is accounted for
