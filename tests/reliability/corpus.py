@@ -88,12 +88,17 @@ def _kinds() -> dict[str, tuple[Callable[[random.Random], bytes], str | None]]:
         ),
         "huge_array": (lambda r: d({"id": _id(r), "features": [0.25] * 50_000}).encode(), "wrong_feature_count"),
         "deep_nesting": (lambda r: _nested(r.choice([200, 5_000, 20_000])), None),
-        "oversized_id": (lambda r: d({"id": "x" * 1_200_000, "features": [0.1]}).encode(), "wrong_type"),
+        "oversized_id": (lambda r: d({"id": "x" * 1_200_000, "features": [0.1]}).encode(), "too_large"),
+        # schema-valid but 1.1 MB (labels are echoed in the output): too large to answer, so the DLQ
+        "oversized_labels": (
+            lambda r: d({"id": _id(r), "features": [0.1], "labels": {"a": "x" * 1_100_000}}).encode(),
+            "too_large",
+        ),
     }
 
 
 #: kinds whose messages are large: kept to a handful so the corpus stays quick to move through the broker.
-RARE = {"huge_array": 12, "oversized_id": 3, "deep_nesting": 30}
+RARE = {"huge_array": 12, "oversized_id": 3, "oversized_labels": 3, "deep_nesting": 30}
 
 
 def corpus(n: int, seed: int = 7) -> list[Bad]:

@@ -379,19 +379,27 @@ def test_nan_literal_in_an_unknown_field_goes_to_the_dlq(served: tuple[ModelRunt
     assert got == "output"
 
 
-def test_oversized_input_dlq_record_fits_a_produce_request(
-    served: tuple[ModelRuntime, Routing, PipelineConfig],
+#: kafka-python's default max_request_size: a record above it can never be sent (MessageSizeTooLargeError).
+MAX_REQUEST = 1_048_576
+
+
+@pytest.mark.parametrize("field", ["labels", "extra", "id"])
+def test_oversized_input_goes_to_dlq_and_every_record_is_sendable(
+    served: tuple[ModelRuntime, Routing, PipelineConfig], field: str
 ) -> None:
-    """Found by the corpus: a 1.2 MB input (the broker took it) became a 2.8 MB DLQ record (base64 + text), over
-    the producer's 1 MiB max_request_size; the send failed with a non-retriable MessageSizeTooLargeError, was
-    re-sent forever, and its partition never moved again. A DLQ record must fit a produce request."""
-    raw = json.dumps({"id": "x" * 1_200_000, "features": [0.1]}).encode()
+    """Found by the corpus: a 1.2 MB input became a 2.8 MB DLQ record (base64 + text), and a schema-valid 1.1 MB
+    input (labels are echoed in the output) a 1.1 MB output record: both over the producer's 1 MiB request
+    limit, re-sent forever (non-retriable MessageSizeTooLargeError), their partition stuck. Inputs over
+    the worker's size limit go to the DLQ (reason ``too_large``), and nothing the worker produces exceeds a
+    produce request."""
+    doc: dict[str, Any] = {"id": "big", "features": [0.5]}
+    doc[field] = {"a": "x" * 1_100_000} if field == "labels" else "x" * 1_100_000
     runtime, routing, cfg = served
-    out = process_batch([rec(raw, 0)], runtime, routing, cfg)
-    (d,) = [s for s in out.sends if s.topic == "dlq"]
-    assert len(d.value) < 1_000_000, len(d.value)
-    doc = orjson.loads(d.value)
-    assert doc["reason"] == "wrong_type"
+    out = process_batch([rec(json.dumps(doc).encode(), 0)], runtime, routing, cfg)
+    assert all(len(s.value) + len(s.key or b"") < MAX_REQUEST for s in out.sends), [len(s.value) for s in out.sends]
+    (d,) = [orjson.loads(s.value) for s in out.sends if s.topic == "dlq"]
+    assert d["reason"] == "too_large" and d["original_truncated"], d["reason"]
+    assert not [s for s in out.sends if s.topic == "out"]
 
 
 def test_fuzz_reaches_every_branch() -> None:
