@@ -28,6 +28,7 @@ from workers.messages import Counts, StatsMessage
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MODEL = "v-incident"
+OBSERVE_S = 8.0
 
 
 def start_monitor(bootstrap: str, stats: str, alerts: str, group: str, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -121,9 +122,9 @@ def test_monitor_sigkill_mid_incident_no_duplicate_no_false_resolve(kafka_bootst
         second = start_monitor(kafka_bootstrap, stats, alerts, group, port, log)
         assert wait_until(lambda: bool(scrape(port)), 60, every=0.2), log.read_text()[-3000:]
         back_s = time.monotonic() - killed_at
-        # the restarted monitor evaluates the ongoing incident for a while: 10 evaluation intervals
+        # the restarted monitor evaluates the ongoing incident for a while: 8 evaluation intervals
         still: dict[str, float] = {}
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + OBSERVE_S
         while time.monotonic() < deadline:
             m = scrape(port)
             for r in rules:
@@ -146,7 +147,7 @@ def test_monitor_sigkill_mid_incident_no_duplicate_no_false_resolve(kafka_bootst
             {
                 "rules_firing_before_kill": rules,
                 "monitor_down_s": round(back_s, 1),
-                "observed_after_restart_s": 10.0,
+                "observed_after_restart_s": OBSERVE_S,
                 "firing_alerts_per_rule_after_restart": {r: after[(r, "firing")] for r in rules},
                 "resolved_alerts_during_incident": sum(after[(r, "resolved")] for r in rules),
                 "firing_gauge_after_restart": still,

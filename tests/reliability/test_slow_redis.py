@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REDIS_TIMEOUT_S = 0.5
 LATENCY_A_S = 0.3  # below the timeout
 LATENCY_B_S = 0.8  # above it
-PHASE_S = 6.0
+PHASE_S = 5.0
 N = 40_000
 
 
