@@ -138,6 +138,11 @@ def test_sigkill_storm_loses_nothing(
         assert mid_run_kills >= 10, kills
         bound = len(kills) * PARTITIONS * BATCH
         assert duplicates <= bound, (duplicates, bound)
+        # per killed worker: its outputs that were answered again (its uncommitted batch, plus any copies it had
+        # itself made of an earlier victim's batch), within the per-kill bound
+        killed = {str(k["worker"]) for k in kills}
+        per_kill = Counter(o["worker_id"] for o in outs if ids[o["id"]] > 1 and o["worker_id"] in killed)
+        assert all(v <= PARTITIONS * BATCH for v in per_kill.values()), per_kill
         redelivered_bottom = sum(r["deliveries"] - 1 for r in reviews.values())
         for w in live:
             assert w.proc.poll() is None, w.log_tail()
@@ -154,6 +159,7 @@ def test_sigkill_storm_loses_nothing(
             "duplicate_bound": bound,
             "duplicates_per_kill_max_allowed": PARTITIONS * BATCH,
             "duplicates_per_kill_mean": round(duplicates / len(kills), 1),
+            "duplicated_outputs_per_killed_worker_max": max(per_kill.values(), default=0),
             "review_records": len(reviews),
             "review_records_extra_or_missing": len(set(reviews) ^ expect_bottom),
             "bottom_redeliveries_absorbed": redelivered_bottom,
