@@ -74,6 +74,8 @@ def build_paths(n: int) -> dict[str, Callable[[torch.Tensor, torch.Tensor], Any]
         )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
+        # ORT's threads otherwise spin for a while after each run and slow down whatever is timed next.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(tmp), opts, providers=["CPUExecutionProvider"])
         paths["onnxruntime"] = lambda N, D: session.run(None, {"N": N.numpy(), "D": D.numpy()})
     except ImportError:
