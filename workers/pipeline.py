@@ -36,6 +36,7 @@ DLQ_REASONS = (
     "missing_field",
     "wrong_type",
     "non_finite_literal",
+    "too_large",
     "wrong_feature_count",
     "model_error",
 )
@@ -253,6 +254,9 @@ class PipelineConfig:
     worker_id: str
     stats_labels: Sequence[str] = ()
     shadow_pairs: Sequence[tuple[float, float | None]] = ()
+    #: inputs above this go to the DLQ as ``too_large``: their output (which echoes labels) or review record
+    #: could exceed a produce request (1 MiB), be refused for good, and stall the partition.
+    max_message_bytes: int = 256 * 1024
 
 
 def process_batch(
@@ -291,6 +295,9 @@ def process_batch(
     for rec in records:
         if not rec.value:
             to_dlq(rec, "empty", "message has no value")
+            continue
+        if len(rec.value) > cfg.max_message_bytes:
+            to_dlq(rec, "too_large", f"{len(rec.value)} bytes, the limit is {cfg.max_message_bytes}")
             continue
         try:
             msg = validate(rec.value)

@@ -153,6 +153,9 @@ class WorkerSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     kafka_log_level: Literal["debug", "info", "warning", "error"] = "warning"
     bottom_log_rate: float = Field(default=10.0, ge=0, description="⊥ log events per second; the rest counted")
+    max_message_bytes: int = Field(
+        default=256 * 1024, ge=1024, le=900 * 1024, description="larger inputs go to the DLQ as too_large"
+    )
     stats_labels: str = ""
     shadow_thresholds: str = ""
 

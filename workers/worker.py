@@ -115,6 +115,7 @@ class Worker:
             worker_id=settings.worker_id,
             stats_labels=settings.stats_label_names,
             shadow_pairs=settings.shadow_pairs,
+            max_message_bytes=settings.max_message_bytes,
         )
         kinds = {
             settings.output_topic: "output",
