@@ -143,15 +143,19 @@ def plot_timeline(timeline: Timeline, path: Path) -> None:
     ax.plot(t, [p["bottom_rate"] for p in timeline.points], label="⊥ rate", color="tab:red")
     ax.axhline(0.9, color="tab:green", linestyle=":", linewidth=1, label="coverage threshold 0.90")
     ax.axhline(0.05, color="tab:orange", linestyle=":", linewidth=1, label="gap threshold 0.05")
-    for a in timeline.alerts:
+    for k, a in enumerate(timeline.alerts):
         firing = a.get("state") == "firing"
-        ax.axvline(a.get("_seen_at", 0), color="red" if firing else "blue", linestyle="--", linewidth=1)
+        color = "red" if firing else "blue"
+        x = a.get("_seen_at", 0)
+        ax.axvline(x, color=color, linestyle="--", linewidth=1)
+        # staggered so that alerts a second apart stay readable
         ax.annotate(
             f"{a.get('rule')} {a.get('state')}",
-            (a.get("_seen_at", 0), 0.5 if firing else 0.4),
-            rotation=90,
+            (x, 0.82 - 0.12 * (k % 6)),
             fontsize=7,
-            color="red" if firing else "blue",
+            color=color,
+            xytext=(3, 0),
+            textcoords="offset points",
         )
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("rate (per second of traffic)")
