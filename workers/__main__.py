@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     metrics = WorkerMetrics()
     try:
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, settings.metrics_host)
     except OSError as exc:
         return _fail(f"invalid setting ZEROPROOF_METRICS_PORT (--metrics-port): cannot listen: {exc}")
     log.info("starting", settings=settings.redacted())

@@ -60,9 +60,9 @@ class WorkerMetrics:
         self.bottom_log_suppressed = Counter(p + "bottom_log_suppressed", "⊥ log events not logged", registry=r)
         self.last_progress.set(time.time())
 
-    def serve(self, port: int) -> None:
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
         if port:
-            start_http_server(port, registry=self.registry)
+            start_http_server(port, addr=host, registry=self.registry)
 
     def set_model(self, version: str, tau_infer: float, tau_train: float | None) -> None:
         self.model_info.clear()

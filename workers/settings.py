@@ -100,6 +100,7 @@ class WorkerSettings(BaseSettings):
     group_id: str = "zeroproof-worker"
     worker_id: str = Field(default_factory=_default_worker_id)
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = Field(default="0.0.0.0", min_length=1, description="bind address of the metrics endpoint")
 
     # --- batching and flow control
     max_batch_size: int = Field(default=1024, ge=1, le=100_000)

@@ -43,6 +43,15 @@ def security_config(settings: WorkerSettings) -> dict[str, Any]:
     return cfg
 
 
+def connection_config(settings: WorkerSettings) -> dict[str, Any]:
+    """Keep kafka-python's own reconnect backoff under ``startup_max_backoff_s`` and each bootstrap attempt
+    short: with its defaults (backoff growing to 30 s, 30 s per bootstrap) a client constructor blocked the
+    worker's retry loop, so no ``kafka_unreachable`` line was logged during a short outage and a returning
+    broker was noticed up to ~30 s late."""
+    cap_ms = int(min(30.0, settings.startup_max_backoff_s) * 1000)
+    return {"reconnect_backoff_max_ms": max(50, cap_ms), "bootstrap_timeout_ms": max(1000, min(10_000, cap_ms))}
+
+
 def bootstrap_list(settings: WorkerSettings) -> list[str]:
     return settings.kafka_bootstrap.split(",")
 
@@ -113,6 +122,7 @@ class KafkaConsumerTransport:
             max_poll_interval_ms=settings.max_poll_interval_ms,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
             max_poll_records=settings.max_poll_records,
+            **connection_config(settings),
             **security_config(settings),
         )
 
@@ -204,6 +214,7 @@ class KafkaProducerTransport:
             batch_size=settings.producer_batch_size,
             max_block_ms=10_000,
             retries=5,
+            **connection_config(settings),
             **security_config(settings),
         )
 
