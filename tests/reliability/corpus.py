@@ -86,7 +86,7 @@ def _kinds() -> dict[str, tuple[Callable[[random.Random], bytes], str | None]]:
             lambda r: d({"id": _id(r), "features": [0.1] * r.randrange(2, 40)}).encode(),
             "wrong_feature_count",
         ),
-        "huge_array": (lambda r: d({"id": _id(r), "features": [0.25] * 50_000}).encode(), "wrong_feature_count"),
+        "huge_array": (lambda r: d({"id": _id(r), "features": [0.25] * 30_000}).encode(), "wrong_feature_count"),
         "deep_nesting": (lambda r: _nested(r.choice([200, 5_000, 20_000])), None),
         "oversized_id": (lambda r: d({"id": "x" * 1_200_000, "features": [0.1]}).encode(), "too_large"),
         # schema-valid but 1.1 MB (labels are echoed in the output): too large to answer, so the DLQ
