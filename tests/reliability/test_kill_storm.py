@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.monitoring.replay import create_topics
 from tests.reliability.common import Stream, review_records
 from tests.reliability.figures import record
 from tests.workers.helpers import TopicReader, Topics, WorkerProc, msg
@@ -27,7 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 N = 50_000
 KILLS = 12
 BATCH = 256
-PARTITIONS = 4  # tansu auto-creates topics with 4 partitions
+PARTITIONS = 4
 RATE = 1_600.0  # msg/s: the stream lasts ~31 s, long enough for the kills to land mid-run
 
 
@@ -82,6 +83,7 @@ def test_sigkill_storm_loses_nothing(
         return w
 
     t_start = time.monotonic()
+    create_topics(kafka_bootstrap, {topics.inputs: PARTITIONS})  # the first join then sees every partition
     live = [spawn(), spawn()]
     stream = Stream(kafka_bootstrap, topics.inputs, items, RATE)
     try:
