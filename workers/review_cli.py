@@ -9,8 +9,10 @@ unless ``--yes`` is given.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from workers.settings import SettingsError, WorkerSettings, load_settings
@@ -71,13 +73,24 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     return (redis.RedisError,)
 
 
+def _reports_redis_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A Redis failure anywhere in a review command is one line on stderr and exit code 1, never a traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except _redis_errors() as exc:
+            sys.stderr.write(f"zeroproof review: error: redis: {exc}\n")
+            return 1
+
+    return run
+
+
+@_reports_redis_errors
 def _list(args: argparse.Namespace) -> int:
     store = _store(args)
-    try:
-        records = store.list("acked" if args.acked else "pending", args.limit)
-    except _redis_errors() as exc:
-        sys.stderr.write(f"zeroproof review: error: redis: {exc}\n")
-        return 1
+    records = store.list("acked" if args.acked else "pending", args.limit)
     out = sys.stdout
     if args.json:
         for r in records:
@@ -96,13 +109,10 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reports_redis_errors
 def _show(args: argparse.Namespace) -> int:
     store = _store(args)
-    try:
-        rec = store.get(args.id)
-    except _redis_errors() as exc:
-        sys.stderr.write(f"zeroproof review: error: redis: {exc}\n")
-        return 1
+    rec = store.get(args.id)
     if rec is None:
         sys.stderr.write(f"zeroproof review: no record for id {args.id!r}\n")
         return 1
@@ -110,13 +120,10 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reports_redis_errors
 def _ack(args: argparse.Namespace) -> int:
     store = _store(args)
-    try:
-        ok = store.ack(args.id)
-    except _redis_errors() as exc:
-        sys.stderr.write(f"zeroproof review: error: redis: {exc}\n")
-        return 1
+    ok = store.ack(args.id)
     if not ok:
         sys.stderr.write(f"zeroproof review: no record for id {args.id!r}\n")
         return 1
@@ -124,16 +131,13 @@ def _ack(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reports_redis_errors
 def _replay(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from workers.review import RedisReviewStore, redis_client
 
     store = RedisReviewStore(redis_client(settings), settings.redis_key_prefix)
-    try:
-        rec = store.get(args.id)
-    except _redis_errors() as exc:
-        sys.stderr.write(f"zeroproof review: error: redis: {exc}\n")
-        return 1
+    rec = store.get(args.id)
     if rec is None:
         sys.stderr.write(f"zeroproof review: no record for id {args.id!r}\n")
         return 1
