@@ -166,7 +166,11 @@ def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, byte
 
 
 class TopicReader:
-    """Reads a topic from the beginning with its own throw-away group (tansu: earliest only)."""
+    """Reads a topic from the beginning without a consumer group (tansu: earliest only).
+
+    No group: nothing to join (tansu holds a JoinGroup for session_timeout/2) and no rebalance to wait out, so a
+    reader sees records as soon as they are acknowledged.
+    """
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         from kafka import KafkaConsumer
@@ -174,7 +178,7 @@ class TopicReader:
         self.consumer = KafkaConsumer(
             topic,
             bootstrap_servers=bootstrap,
-            group_id=unique("reader"),
+            group_id=None,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             **TEST_CONSUMER_SETTINGS,
