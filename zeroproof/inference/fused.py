@@ -32,29 +32,27 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
 
     # error_model="numpy": x/0 gives inf/NaN as IEEE says instead of raising; no fastmath, so the division is
     # correctly rounded exactly like torch's.
+    @numba.njit(inline="always", error_model="numpy")
+    def element(nv: Any, dv: Any, ti: Any, tt: Any, nan: Any, inf: Any) -> tuple[Any, bool, bool]:
+        """The decode of one element (value, bottom, gap): the same rule as ``decode_eager``."""
+        ad = abs(dv)
+        q = nv / dv
+        ok = (ad >= ti) and (ad < inf) and (abs(q) < inf)
+        return (q if ok else nan), not ok, ok and (ad < tt)
+
     @numba.njit(parallel=True, nogil=True, error_model="numpy", boundscheck=False, cache=True)
     def parallel(n: Any, d: Any, ti: Any, tt: Any, out: Any, bottom: Any, gap: Any) -> None:
         nan = n.dtype.type(np.nan)
         inf = n.dtype.type(np.inf)
         for i in numba.prange(n.size):
-            ad = abs(d[i])
-            q = n[i] / d[i]
-            ok = (ad >= ti) and (ad < inf) and (abs(q) < inf)
-            bottom[i] = not ok
-            gap[i] = ok and (ad < tt)
-            out[i] = q if ok else nan
+            out[i], bottom[i], gap[i] = element(n[i], d[i], ti, tt, nan, inf)
 
     @numba.njit(nogil=True, error_model="numpy", boundscheck=False, cache=True)
     def serial(n: Any, d: Any, ti: Any, tt: Any, out: Any, bottom: Any, gap: Any) -> None:
         nan = n.dtype.type(np.nan)
         inf = n.dtype.type(np.inf)
         for i in range(n.size):
-            ad = abs(d[i])
-            q = n[i] / d[i]
-            ok = (ad >= ti) and (ad < inf) and (abs(q) < inf)
-            bottom[i] = not ok
-            gap[i] = ok and (ad < tt)
-            out[i] = q if ok else nan
+            out[i], bottom[i], gap[i] = element(n[i], d[i], ti, tt, nan, inf)
 
     return serial, parallel
 
