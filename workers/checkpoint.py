@@ -84,9 +84,10 @@ class Checkpoint:
         self._seq += 1
         sends = list(outcome.sends)
         sends.extend(extra)
+        # No flush here: with linger_ms = 0 (the default) the client sends as soon as its IO thread runs, and
+        # kafka-python's flush(0) would not cut a longer linger short (it drops its flush flag when the zero
+        # timeout expires; measured: linger 5 ms → every ack 6.5 ms).
         handles = [self.producer.send(s.topic, s.key, s.value, s.headers) for s in sends]
-        # the batch is complete: send now instead of waiting out linger_ms (a zero-timeout flush only kicks)
-        self.producer.flush(0.0)
         batch = InFlight(
             self._seq, dict(outcome.offsets), sends, handles, outcome, input_timestamps_ms=outcome.input_timestamps_ms
         )

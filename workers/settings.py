@@ -107,6 +107,9 @@ class WorkerSettings(BaseSettings):
     max_batch_delay_ms: float = Field(default=20.0, gt=0, le=60_000)
     max_in_flight_batches: int = Field(default=1, ge=1, le=64)
     prepare_ahead: bool = Field(default=True, description="compute the next batch while one awaits its acks")
+    dispatch_when_idle: bool = Field(
+        default=True, description="start a batch as soon as the compute stage is free, not at the deadline"
+    )
     max_poll_records: int = Field(default=2048, ge=1)
     drain_timeout_s: float = Field(default=10.0, gt=0)
     device: str = "auto"
@@ -116,8 +119,8 @@ class WorkerSettings(BaseSettings):
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     max_poll_interval_ms: int = Field(default=300_000, ge=1000)
-    fetch_max_wait_ms: int = Field(default=10, ge=0)
-    producer_linger_ms: int = Field(default=5, ge=0)
+    fetch_max_wait_ms: int = Field(default=5, ge=0)
+    producer_linger_ms: int = Field(default=0, ge=0)
     producer_batch_size: int = Field(default=262_144, ge=1024)
     producer_acks: Literal["all", "1"] = "all"
     producer_stall_s: float = Field(default=5.0, gt=0, description="unacked sends this old: flush, then new producer")

@@ -355,7 +355,9 @@ class Worker:
                 self.buffer.records.extend(recs)
         buf = self.buffer
         due = buf is not None and (
-            len(buf.records) >= max_batch or time.monotonic() >= buf.first_at + self.s.max_batch_delay_s
+            self.s.dispatch_when_idle
+            or len(buf.records) >= max_batch
+            or time.monotonic() >= buf.first_at + self.s.max_batch_delay_s
         )
         if due and self.prepared is None and (self.s.prepare_ahead or self._can_dispatch()):
             self.prepare()

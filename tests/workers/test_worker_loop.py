@@ -152,7 +152,7 @@ def test_failed_sends_are_resent(tmp_path: Path) -> None:
 
 
 def test_revoke_drops_buffer_and_redelivers_from_commit(tmp_path: Path) -> None:
-    w, broker, consumer, _ = make(tmp_path, max_batch_delay_ms=10_000, max_batch_size=1000)
+    w, broker, consumer, _ = make(tmp_path, max_batch_delay_ms=10_000, max_batch_size=1000, dispatch_when_idle=False)
     feed(broker, 10)
     spin(w, 0.1)  # all 10 buffered, waiting for the (long) deadline
     assert w.buffer is not None and len(w.buffer.records) == 10 and not output_ids(broker)
@@ -162,6 +162,47 @@ def test_revoke_drops_buffer_and_redelivers_from_commit(tmp_path: Path) -> None:
     spin(w, 0.3)
     assert sorted(output_ids(broker), key=int) == [str(i) for i in range(10)]
     assert committed_total(broker) == 10
+
+
+def test_deadline_mode_waits_for_size_or_deadline(tmp_path: Path) -> None:
+    w, broker, _, _ = make(tmp_path, max_batch_delay_ms=150, max_batch_size=1000, dispatch_when_idle=False)
+    feed(broker, 5)
+    spin(w, 0.05)
+    assert not output_ids(broker) and w.buffer is not None  # neither full nor due
+    spin(w, 0.25)
+    assert sorted(output_ids(broker), key=int) == [str(i) for i in range(5)]
+
+
+def test_idle_worker_dispatches_without_waiting_for_the_deadline(tmp_path: Path) -> None:
+    w, broker, _, _ = make(tmp_path, max_batch_delay_ms=10_000, max_batch_size=1000)
+    w.step()  # joins (partitions assigned)
+    feed(broker, 5)
+    w.step()  # one poll: the worker has nothing in progress, so the batch starts now
+    assert sorted(output_ids(broker), key=int) == [str(i) for i in range(5)]
+
+
+def test_busy_worker_batches_what_arrives_meanwhile(tmp_path: Path) -> None:
+    """While a batch awaits its acks, the next one is computed from what has arrived and later arrivals
+    queue behind it: batches grow with load, and nothing is sent before the batch ahead is committed."""
+    w, broker, _, _ = make(tmp_path, max_batch_delay_ms=10_000, max_batch_size=1000)
+    broker.hold_sends = True
+    w.step()  # joins (partitions assigned)
+    feed(broker, 3)
+    w.step()
+    assert w.checkpoint.in_flight == 1 and w.prepared is None
+    feed(broker, 4, start=3)
+    w.step()
+    assert w.prepared is not None and len(w.prepared.records) == 4  # computed, not sent
+    feed(broker, 6, start=7)
+    spin(w, 0.05)
+    assert w.buffer is not None and len(w.buffer.records) == 6 and w.checkpoint.in_flight == 1
+    broker.hold_sends = False
+    broker.release()
+    spin(w, 0.1)
+    assert sorted(output_ids(broker), key=int) == [str(i) for i in range(13)]
+    assert committed_total(broker) == 13
+    sizes = [json.loads(v)["counts"]["total"] for v in broker.values("zeroproof.stats")]
+    assert sizes == [3, 4, 6]
 
 
 def test_reload_between_batches(tmp_path: Path) -> None:
