@@ -82,6 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workers.metrics import WorkerMetrics
     from workers.model import ModelLoadError, load_runtime
 
+    if settings.torch_threads > 0:
+        # A micro-batch of small vectors is far too small to gain from intra-op parallelism, and idle OpenMP
+        # threads spin: with torch's default (one per core) the forward took 2x longer and the latency at half
+        # load doubled, the spinning threads taking the cores the Kafka client threads and the broker need.
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     try:
         runtime = load_runtime(settings)
     except ModelLoadError as exc:

@@ -113,6 +113,9 @@ class WorkerSettings(BaseSettings):
     max_poll_records: int = Field(default=2048, ge=1)
     drain_timeout_s: float = Field(default=10.0, gt=0)
     device: str = "auto"
+    torch_threads: int = Field(
+        default=1, ge=0, description="torch intra-op threads for the model on CPU; 0 = torch's default (one per core)"
+    )
 
     # --- kafka client
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
