@@ -22,6 +22,9 @@ except ImportError:  # kafka-python 2.x: listeners run inside poll() on the call
 from workers.settings import WorkerSettings
 from workers.transport.base import DeliveryHandle, RebalanceListener, Record, TopicPartition
 
+#: kafka-python >= 3 bounds each bootstrap attempt; 2.x has no such setting (and refuses unknown ones).
+_HAS_BOOTSTRAP_TIMEOUT = "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG
+
 #: The longest single wait inside kafka-python's poll (see KafkaConsumerTransport.poll).
 _POLL_SLICE_MS = 5
 
@@ -55,7 +58,7 @@ def connection_config(settings: WorkerSettings) -> dict[str, Any]:
     broker was noticed up to ~30 s late."""
     cap_ms = int(min(30.0, settings.startup_max_backoff_s) * 1000)
     cfg: dict[str, Any] = {"reconnect_backoff_max_ms": max(50, cap_ms)}
-    if "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG:  # kafka-python >= 3
+    if _HAS_BOOTSTRAP_TIMEOUT:
         cfg["bootstrap_timeout_ms"] = max(1000, min(10_000, cap_ms))
     return cfg
 
