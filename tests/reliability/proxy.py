@@ -1,7 +1,8 @@
 """A small loopback TCP proxy for fault injection: cut (refuse + close every connection), restore, add latency.
 
 Used in front of the broker (tansu's memory engine loses everything on restart, so an outage is simulated by
-cutting the path, not by stopping the broker) and in front of Redis (a slow downstream).
+cutting the path, not by stopping the broker) and in front of Redis (a slow downstream). A TLS-terminating
+variant puts TLS in front of tansu.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import socket
 import threading
 import time
+from typing import Any
 
 from tests.support.services import free_port
 
@@ -120,3 +122,68 @@ class TcpProxy:
             with self._lock:
                 self._conns.discard(src)
                 self._conns.discard(dst)
+
+
+class TlsTerminatingProxy:
+    """``127.0.0.1:port`` (TLS, the given certificate) → ``127.0.0.1:target`` (plaintext), on an asyncio loop in a
+    thread. tansu has no TLS listener; with the broker advertising this proxy's address, every Kafka client talks
+    TLS to a real Kafka-protocol broker, which is what the worker's Kafka TLS settings need to be tested against."""
+
+    def __init__(self, target_port: int, certfile: str, keyfile: str, port: int | None = None) -> None:
+        import ssl
+
+        self.target_port = target_port
+        self.port = port or free_port()
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(certfile, keyfile)
+        self.handshakes = 0
+        self._loop: Any = None
+        self._server: Any = None
+        self._ready = threading.Event()
+
+    def start(self) -> TlsTerminatingProxy:
+        threading.Thread(target=self._run, daemon=True, name=f"tls-proxy-{self.port}").start()
+        if not self._ready.wait(10):
+            raise RuntimeError("TLS proxy did not start")
+        return self
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def _run(self) -> None:
+        import asyncio
+
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    writer.close()
+
+        async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+            self.handshakes += 1
+            try:
+                up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+            except OSError:
+                client_w.close()
+                return
+            await asyncio.gather(pipe(client_r, up_w), pipe(up_r, client_w))
+
+        async def serve() -> None:
+            self._server = await asyncio.start_server(handle, "127.0.0.1", self.port, ssl=self.context)
+            self._ready.set()
+
+        loop.run_until_complete(serve())
+        try:
+            loop.run_forever()
+        finally:
+            self._server.close()
+            loop.close()

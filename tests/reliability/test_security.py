@@ -9,6 +9,7 @@ without --yes on a non-terminal (tests/workers/test_review_cli.py).
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import shutil
@@ -435,3 +436,70 @@ def _review_on_tty(env: dict[str, str], answer: str, *args: str) -> tuple[int, s
     code = proc.wait(30)
     os.close(master)
     return code, out.decode(errors="replace")
+
+
+# --- Kafka TLS --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(150)
+def test_worker_over_kafka_tls(redis_url: str, topics: Topics, tmp_path: Path) -> None:
+    """The worker's Kafka TLS settings against a real TLS endpoint: tansu behind a TLS-terminating proxy that it
+    advertises, so every connection (bootstrap, group coordinator, fetch, produce) is TLS. With the CA the worker
+    serves end to end; without it the certificate is refused and nothing is consumed or committed."""
+    from tests.reliability.proxy import TlsTerminatingProxy
+    from tests.support.services import tansu_binary
+
+    ca, crt, key = _tls_files(tmp_path)
+    real = free_port()
+    proxy = TlsTerminatingProxy(real, str(crt), str(key))
+    cmd = [str(tansu_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{real}"]
+    cmd += ["--advertised-listener-url", f"tcp://127.0.0.1:{proxy.port}", "--storage-engine", "memory://tansu/"]
+    broker = subprocess.Popen(cmd, stdout=(tmp_path / "tansu.log").open("wb"), stderr=subprocess.STDOUT, cwd=tmp_path)
+    tls = {"security_protocol": "SSL", "ssl_cafile": str(ca)}
+    bootstrap = f"127.0.0.1:{proxy.port}"
+    workers: list[WorkerProc] = []
+    reader: TopicReader | None = None
+    try:
+        wait_for_port(real, proc=broker)
+        proxy.start()
+        bundle = known_pole_bundle(tmp_path / "kp.zpb")
+        n = 40
+        produce(bootstrap, topics.inputs, ((b"arm", msg(i, [POLE if i % 10 == 0 else 0.1])) for i in range(n)), **tls)
+
+        # without the CA: the broker's certificate is refused, the worker keeps retrying and serves nothing
+        no_ca = worker_env(bootstrap, redis_url, bundle, topics, kafka_security_protocol="SSL")
+        no_ca["ZEROPROOF_STARTUP_MAX_BACKOFF_S"] = "1"
+        refused = WorkerProc(no_ca, tmp_path / "no-ca.log")
+        workers.append(refused)
+        failure = refused.wait_event("kafka_unreachable", 60)
+        assert refused.proc.poll() is None, refused.log_tail()
+        refused.kill()
+        assert "certificate verify failed" in refused.log_path.read_text(errors="replace"), refused.log_tail()
+
+        env = worker_env(bootstrap, redis_url, bundle, topics, kafka_security_protocol="SSL", kafka_ssl_cafile=str(ca))
+        w = WorkerProc(env, tmp_path / "tls.log")
+        workers.append(w)
+        reader = TopicReader(bootstrap, topics.outputs, **tls)
+        reader.read_until(lambda rs: len({json.loads(r.value)["id"] for r in rs}) >= n, 90)
+        outs = {o["id"]: o for o in reader.json()}
+        assert set(outs) == {str(i) for i in range(n)}, w.log_tail()
+        assert {i for i, o in outs.items() if o["status"] == "bottom"} == {str(i) for i in range(0, n, 10)}
+        assert w.terminate(30) == 0
+        record(
+            "kafka_tls",
+            {
+                "how": "tansu behind a TLS-terminating proxy it advertises (throw-away CA, certificate for 127.0.0.1)",
+                "outputs_over_tls": len(outs),
+                "tls_handshakes_at_proxy": proxy.handshakes,
+                "without_ca": failure.get("error", "")[:160],
+            },
+        )
+    finally:
+        for wp in workers:
+            wp.kill()
+        if reader is not None:
+            reader.close()
+        proxy.close()
+        broker.terminate()
+        broker.wait(10)

@@ -152,10 +152,10 @@ class WorkerProc:
         self._log.close()
 
 
-def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes]]) -> int:
+def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes]], **client: Any) -> int:
     from kafka import KafkaProducer
 
-    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", **client)
     n = 0
     for key, value in items:
         p.send(topic, key=key, value=value)
@@ -172,7 +172,7 @@ class TopicReader:
     reader sees records as soon as they are acknowledged.
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, **client: Any) -> None:
         from kafka import KafkaConsumer
 
         self.consumer = KafkaConsumer(
@@ -182,6 +182,7 @@ class TopicReader:
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             **TEST_CONSUMER_SETTINGS,
+            **client,
         )
         self.records: list[Any] = []
 
