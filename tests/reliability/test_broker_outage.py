@@ -146,14 +146,12 @@ def test_broker_unreachable_at_start_and_mid_run(
         assert w.terminate(30) == 0
         # Checked last, so that the figures above are recorded either way. The worker's own retry loop (not
         # only the Kafka client's internal one) must say what it is doing, and back off no longer than
-        # ZEROPROOF_STARTUP_MAX_BACKOFF_S: at least 2 attempts logged, and joined soon after the return: one
-        # backoff, tansu holding the JoinGroup for session_timeout/2 = 3 s, and, seen once in a loaded CI run
-        # (10.45 s against 4.3 s usually), the group waiting out one member's 6 s session before it settles.
-        # A client backoff that escaped the cap (30 s before the fix) still fails this.
+        # ZEROPROOF_STARTUP_MAX_BACKOFF_S: at least 2 attempts logged, and joined soon after the return (tansu
+        # holds a JoinGroup for session_timeout/2 = 3 s of that).
         assert len(attempts) >= 2, f"{len(attempts)} retry lines of its own during a {STARTUP_OUTAGE_S} s outage"
         assert all("retrying" in a["message"] for a in attempts)
         assert delays == sorted(delays) and max(delays) <= max_backoff, delays  # capped exponential backoff
-        assert start_after_s <= max_backoff + 3 + 6 + 3, f"joined {start_after_s:.1f}s after the broker came back"
+        assert start_after_s <= max_backoff + 8, f"joined {start_after_s:.1f}s after the broker came back"
     finally:
         stream.stop()
         w.kill()
