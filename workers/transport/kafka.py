@@ -142,6 +142,7 @@ class KafkaConsumerTransport:
 
     def __init__(self, settings: WorkerSettings, client_id: str | None = None) -> None:
         self._reset = settings.auto_offset_reset
+        self._membership: _MembershipTracker | None = None  # set by subscribe
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_list(settings),
             group_id=settings.group_id,
@@ -161,8 +162,7 @@ class KafkaConsumerTransport:
         use_async = AsyncConsumerRebalanceListener is not None and hasattr(
             getattr(self._consumer, "_coordinator", None), "_commit_offsets_sync_async"
         )
-        tracked = _MembershipTracker(listener)
-        self._membership = tracked
+        self._membership = tracked = _MembershipTracker(listener)
         wrapped = _async_listener(tracked, self._consumer) if use_async else _SyncListener(tracked, self._consumer)
         self._consumer.subscribe(topics=[topic], listener=wrapped)
 
@@ -171,14 +171,16 @@ class KafkaConsumerTransport:
         # moment (its IO thread has not yet cleared the previous fetch) it sleeps min(timeout, retry_backoff_ms =
         # 100 ms) instead of waiting for data, which showed up as 100 ms latency spikes at low load. Not while
         # joining: short polls made kafka-python's join take 3-12 s against tansu instead of 3 s.
-        membership = getattr(self, "_membership", None)
-        slice_ms = _POLL_SLICE_MS if membership is not None and membership.stable else 1 << 30
-        deadline = time.monotonic() + max(0.0, timeout_s)
-        while True:
-            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            batches = self._consumer.poll(timeout_ms=min(remaining_ms, slice_ms), max_records=max_records)
-            if batches or remaining_ms <= slice_ms:
-                break
+        timeout_ms = max(0, int(timeout_s * 1000))
+        if self._membership is None or not self._membership.stable:
+            batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        else:
+            deadline = time.monotonic() + timeout_ms / 1000
+            while True:
+                remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                batches = self._consumer.poll(timeout_ms=min(remaining_ms, _POLL_SLICE_MS), max_records=max_records)
+                if batches or remaining_ms <= _POLL_SLICE_MS:
+                    break
         out: list[Record] = []
         append = out.append
         for recs in batches.values():
@@ -299,7 +301,6 @@ class KafkaProducerTransport:
             **connection_config(settings),
             **security_config(settings),
         )
-
         self._partitioner = KeyPartitioner(self._producer)
 
     def send(
@@ -316,7 +317,6 @@ class KafkaProducerTransport:
         """Fetch (and, where the broker auto-creates, create) the output topics' metadata before the first batch,
         and wait until every partition has a leader: a first send racing a topic's creation can otherwise sit
         on "unknown leader" for a long time. Returns partitions per topic; raises if the broker never answers."""
-
         out: dict[str, int] = {}
         deadline = time.monotonic() + timeout_s
         for topic in dict.fromkeys(topics):
