@@ -125,18 +125,23 @@ def bench_worker(bootstrap: str, redis_url: str, model: Path, values: list[bytes
     return {"messages": n, "msgs_per_s": round(rate, 1), "done": samples[-1][1] >= n}
 
 
-def bench_passthrough(bootstrap: str, values: list[bytes]) -> dict[str, Any]:
-    tag = f"bp{uuid.uuid4().hex[:8]}"
-    fill(bootstrap, f"{tag}.inputs", values)
-    c = KafkaConsumer(
+def input_consumer(bootstrap: str, tag: str, max_poll_records: int) -> KafkaConsumer:
+    """A kafka-python group member on ``{tag}.inputs`` with manual commits, for the baselines (b) and (c)."""
+    return KafkaConsumer(
         f"{tag}.inputs",
         bootstrap_servers=bootstrap,
         group_id=f"{tag}.g",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_poll_records=2048,
+        max_poll_records=max_poll_records,
         **TEST_CONSUMER_SETTINGS,
     )
+
+
+def bench_passthrough(bootstrap: str, values: list[bytes]) -> dict[str, Any]:
+    tag = f"bp{uuid.uuid4().hex[:8]}"
+    fill(bootstrap, f"{tag}.inputs", values)
+    c = input_consumer(bootstrap, tag, max_poll_records=2048)
     p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=262144, acks="all")
     p.partitions_for(f"{tag}.outputs")
     n = len(values)
@@ -168,15 +173,7 @@ def bench_naive(bootstrap: str, model_path: Path, values: list[bytes]) -> dict[s
     fill(bootstrap, f"{tag}.inputs", values)
     servable = load_servable(model_path)
     cfg = InferenceConfig(tau_infer=1e-6, tau_train=1e-4)
-    c = KafkaConsumer(
-        f"{tag}.inputs",
-        bootstrap_servers=bootstrap,
-        group_id=f"{tag}.g",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=1,
-        **TEST_CONSUMER_SETTINGS,
-    )
+    c = input_consumer(bootstrap, tag, max_poll_records=1)
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     p.partitions_for(f"{tag}.outputs")
     n = len(values)
@@ -296,15 +293,16 @@ def bench_latency(
 def worker_stage_means(metrics_text: str) -> dict[str, float]:
     """Mean per batch of the worker's own stage histograms (ms) and its mean batch size, from /metrics."""
     out: dict[str, float] = {}
-    for name in ("queue_seconds", "process_seconds", "compute_seconds", "commit_seconds", "e2e_latency_seconds"):
+    stages = ("queue_seconds", "process_seconds", "compute_seconds", "commit_seconds", "e2e_latency_seconds")
+    for name in (*stages, "batch_size"):
         total = re.search(rf"^zeroproof_worker_{name}_sum ([0-9.e+-]+)$", metrics_text, re.M)
         count = re.search(rf"^zeroproof_worker_{name}_count ([0-9.e+-]+)$", metrics_text, re.M)
         if total and count and float(count.group(1)) > 0:
-            out[name.replace("_seconds", "")] = round(1000 * float(total.group(1)) / float(count.group(1)), 2)
-    total = re.search(r"^zeroproof_worker_batch_size_sum ([0-9.e+-]+)$", metrics_text, re.M)
-    count = re.search(r"^zeroproof_worker_batch_size_count ([0-9.e+-]+)$", metrics_text, re.M)
-    if total and count and float(count.group(1)) > 0:
-        out["batch_size"] = round(float(total.group(1)) / float(count.group(1)), 1)
+            mean = float(total.group(1)) / float(count.group(1))
+            if name == "batch_size":
+                out[name] = round(mean, 1)
+            else:
+                out[name.removesuffix("_seconds")] = round(1000 * mean, 2)
     return out
 
 
