@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.support.services import kafka_broker, redis_server
+from tests.workers.helpers import Topics, known_pole_bundle
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +26,15 @@ def redis_url() -> Iterator[str]:
     """URL of a redis-server started for this test session on a free port."""
     with redis_server() as url:
         yield url
+
+
+@pytest.fixture
+def topics() -> Topics:
+    """Fresh topic names per test (worker and reliability tests share the broker of the session)."""
+    return Topics()
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    """The known-pole model bundle (pole at x = 0.5) the worker tests use."""
+    return known_pole_bundle(tmp_path / "kp.zpb")

@@ -26,16 +26,6 @@ from zeroproof.inference import InferenceConfig, strict_inference
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def topics() -> Topics:
-    return Topics()
-
-
-@pytest.fixture
-def bundle(tmp_path: Path) -> Path:
-    return known_pole_bundle(tmp_path / "kp.zpb")
-
-
 def worker_env(kafka: str, redis_url: str, model: Path, topics: Topics, **extra: str) -> dict[str, str]:
     env = {"ZEROPROOF_KAFKA_BOOTSTRAP": kafka, "ZEROPROOF_REDIS_URL": redis_url, "ZEROPROOF_MODEL": str(model)}
     env.update(topics.env())
