@@ -5,6 +5,7 @@ back from the alerts topic. Also used by ``bench/monitor.py``.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -24,6 +25,28 @@ from workers.messages import StatsMessage
 
 def unique(prefix: str) -> str:
     return f"{prefix}.{uuid.uuid4().hex[:10]}"
+
+
+def wall_clock_monitor_env(bootstrap: str, stats: str, alerts: str, metrics_port: int, **extra: str) -> dict[str, str]:
+    """Environment for a real ``python -m monitoring`` process on wall-clock time, with windows and pending
+    times short enough for a test (10 s / 1 min windows, 1 s buckets and evaluation); ``extra`` adds settings
+    (``min_volume="100"`` → ``ZEROPROOF_MIN_VOLUME=100``)."""
+    env = dict(
+        os.environ,
+        ZEROPROOF_KAFKA_BOOTSTRAP=bootstrap,
+        ZEROPROOF_STATS_TOPIC=stats,
+        ZEROPROOF_ALERTS_TOPIC=alerts,
+        ZEROPROOF_METRICS_PORT=str(metrics_port),
+        ZEROPROOF_METRICS_HOST="127.0.0.1",
+        ZEROPROOF_SHORT_WINDOW="10s",
+        ZEROPROOF_LONG_WINDOW="1m",
+        ZEROPROOF_BUCKET="1",
+        ZEROPROOF_EVAL_INTERVAL="1",
+        ZEROPROOF_ALLOWED_LATENESS="1",
+        ZEROPROOF_COVERAGE_PENDING="2s",
+    )
+    env.update({"ZEROPROOF_" + k.upper(): v for k, v in extra.items()})
+    return env
 
 
 def create_topics(bootstrap: str, topics: dict[str, int]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 from kafka import KafkaProducer
 
 from monitoring.simulate import encode
-from tests.monitoring.replay import create_topics, read_topic, unique
+from tests.monitoring.replay import create_topics, read_topic, unique, wall_clock_monitor_env
 from tests.support.services import free_port
 from workers.messages import Counts, StatsMessage
 
@@ -25,21 +24,7 @@ def test_monitor_process_end_to_end(kafka_bootstrap: str) -> None:
     stats, alerts = unique("stats"), unique("alerts")
     create_topics(kafka_bootstrap, {stats: 2, alerts: 1})
     port = free_port()
-    env = dict(
-        os.environ,
-        ZEROPROOF_KAFKA_BOOTSTRAP=kafka_bootstrap,
-        ZEROPROOF_STATS_TOPIC=stats,
-        ZEROPROOF_ALERTS_TOPIC=alerts,
-        ZEROPROOF_METRICS_PORT=str(port),
-        ZEROPROOF_METRICS_HOST="127.0.0.1",
-        ZEROPROOF_SHORT_WINDOW="10s",
-        ZEROPROOF_LONG_WINDOW="1m",
-        ZEROPROOF_BUCKET="1",
-        ZEROPROOF_EVAL_INTERVAL="1",
-        ZEROPROOF_ALLOWED_LATENESS="1",
-        ZEROPROOF_COVERAGE_PENDING="2s",
-        ZEROPROOF_MIN_VOLUME="100",
-    )
+    env = wall_clock_monitor_env(kafka_bootstrap, stats, alerts, port, min_volume="100")
     proc = subprocess.Popen(
         [sys.executable, "-m", "monitoring"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

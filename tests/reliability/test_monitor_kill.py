@@ -5,7 +5,6 @@ tests/monitoring/test_restart_and_silence.py; this is the process-level, wall-cl
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 from kafka import KafkaProducer
 
 from monitoring.simulate import encode
-from tests.monitoring.replay import create_topics, read_topic, unique
+from tests.monitoring.replay import create_topics, read_topic, unique, wall_clock_monitor_env
 from tests.reliability.common import scrape, wait_until
 from tests.reliability.figures import record
 from tests.support.services import free_port
@@ -32,24 +31,16 @@ OBSERVE_S = 8.0
 
 
 def start_monitor(bootstrap: str, stats: str, alerts: str, group: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(
-        os.environ,
-        ZEROPROOF_KAFKA_BOOTSTRAP=bootstrap,
-        ZEROPROOF_STATS_TOPIC=stats,
-        ZEROPROOF_ALERTS_TOPIC=alerts,
-        ZEROPROOF_GROUP_ID=group,
-        ZEROPROOF_METRICS_PORT=str(port),
-        ZEROPROOF_METRICS_HOST="127.0.0.1",
-        ZEROPROOF_SHORT_WINDOW="10s",
-        ZEROPROOF_LONG_WINDOW="1m",
-        ZEROPROOF_BUCKET="1",
-        ZEROPROOF_EVAL_INTERVAL="1",
-        ZEROPROOF_ALLOWED_LATENESS="1",
-        ZEROPROOF_COVERAGE_PENDING="2s",
-        ZEROPROOF_BOTTOM_RISE_PENDING="2s",
-        ZEROPROOF_GAP_PENDING="2s",
-        ZEROPROOF_CLEAR_FOR="2s",
-        ZEROPROOF_MIN_VOLUME="100",
+    env = wall_clock_monitor_env(
+        bootstrap,
+        stats,
+        alerts,
+        port,
+        group_id=group,
+        bottom_rise_pending="2s",
+        gap_pending="2s",
+        clear_for="2s",
+        min_volume="100",
     )
     return subprocess.Popen(
         [sys.executable, "-m", "monitoring"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
