@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 from kafka.partitioner.default import DefaultPartitioner
 
-from workers.transport.kafka import _POLL_SLICE_MS, KafkaConsumerTransport, KeyPartitioner, _MembershipTracker
+from workers.transport.kafka import (
+    _POLL_SLICE_MS,
+    _QUIET_AFTER_S,
+    KafkaConsumerTransport,
+    KeyPartitioner,
+    _MembershipTracker,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -47,9 +53,10 @@ class _Listener:
         return None
 
 
-def transport_with(client: SleepyClient, stable: bool = True) -> KafkaConsumerTransport:
+def transport_with(client: SleepyClient, stable: bool = True, quiet: bool = False) -> KafkaConsumerTransport:
     t = object.__new__(KafkaConsumerTransport)
     t._consumer = client
+    t._last_records_at = 0.0 if quiet else time.monotonic()
     t._membership = _MembershipTracker(_Listener())
     if stable:
         t._membership.on_assigned([])
@@ -89,6 +96,26 @@ def test_poll_is_not_sliced_while_the_group_is_joining_or_rebalancing() -> None:
     client.timeouts.clear()
     t.poll(0.03, 10)
     assert len(client.timeouts) > 1 and max(client.timeouts) <= _POLL_SLICE_MS
+
+
+def test_a_quiet_consumer_polls_unsliced_until_records_flow_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each waiting kafka-python poll costs ~1.1 ms of CPU: slices only while records flow."""
+    client = SleepyClient(records_after_s=None)
+    t = transport_with(client, quiet=True)
+    assert t.poll(0.03, 10) == []
+    assert len(client.timeouts) == 1 and client.timeouts[0] >= 25
+    client.records_after_s = 0.0  # records arrive: the next poll returns them, and polls are sliced again
+    assert [r.offset for r in t.poll(0.03, 10)] == [0, 1]
+    client.records_after_s = None
+    client.timeouts.clear()
+    t.poll(0.03, 10)
+    assert len(client.timeouts) > 1 and max(client.timeouts) <= _POLL_SLICE_MS
+    # and quiet again once no record has come for _QUIET_AFTER_S
+    now = time.monotonic()
+    monkeypatch.setattr("workers.transport.kafka.time.monotonic", lambda: now + _QUIET_AFTER_S + 0.01)
+    client.timeouts.clear()
+    t.poll(0.03, 10)
+    assert client.timeouts == [30]
 
 
 class _Meta:

@@ -27,6 +27,8 @@ _HAS_BOOTSTRAP_TIMEOUT = "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG
 
 #: The longest single wait inside kafka-python's poll (see KafkaConsumerTransport.poll).
 _POLL_SLICE_MS = 5
+#: With no records for this long the consumer counts as quiet and polls unsliced (see KafkaConsumerTransport.poll).
+_QUIET_AFTER_S = 1.0
 
 
 def security_config(settings: WorkerSettings) -> dict[str, Any]:
@@ -143,6 +145,7 @@ class KafkaConsumerTransport:
     def __init__(self, settings: WorkerSettings, client_id: str | None = None) -> None:
         self._reset = settings.auto_offset_reset
         self._membership: _MembershipTracker | None = None  # set by subscribe
+        self._last_records_at = 0.0  # monotonic time of the last poll that returned records
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_list(settings),
             group_id=settings.group_id,
@@ -167,20 +170,29 @@ class KafkaConsumerTransport:
         self._consumer.subscribe(topics=[topic], listener=wrapped)
 
     def poll(self, timeout_s: float, max_records: int) -> list[Record]:
-        # Once the group is stable, wait in short slices: when kafka-python finds no fetch in flight at the wrong
-        # moment (its IO thread has not yet cleared the previous fetch) it sleeps min(timeout, retry_backoff_ms =
-        # 100 ms) instead of waiting for data, which showed up as 100 ms latency spikes at low load. Not while
-        # joining: short polls made kafka-python's join take 3-12 s against tansu instead of 3 s.
+        # Once the group is stable and records are flowing, wait in short slices: when kafka-python finds no fetch
+        # in flight at the wrong moment (its IO thread has not yet cleared the previous fetch) it sleeps
+        # min(timeout, retry_backoff_ms = 100 ms) instead of waiting for data, which showed up as 100 ms latency
+        # spikes at low load. Not while joining: short polls made kafka-python's join take 3-12 s against tansu
+        # instead of 3 s. Not when quiet (no records for _QUIET_AFTER_S): each kafka-python 3 poll that waits costs
+        # ~1.1 ms of CPU across the caller and the client's IO thread, and 5 ms slices kept an idle worker at
+        # ~22 % of a core (unsliced: ~11 %); the first record after a quiet spell may meet that 100 ms sleep.
         timeout_ms = max(0, int(timeout_s * 1000))
-        if self._membership is None or not self._membership.stable:
+        now = time.monotonic()
+        sliced = (
+            self._membership is not None and self._membership.stable and now - self._last_records_at < _QUIET_AFTER_S
+        )
+        if not sliced:
             batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         else:
-            deadline = time.monotonic() + timeout_ms / 1000
+            deadline = now + timeout_ms / 1000
             while True:
                 remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
                 batches = self._consumer.poll(timeout_ms=min(remaining_ms, _POLL_SLICE_MS), max_records=max_records)
                 if batches or remaining_ms <= _POLL_SLICE_MS:
                     break
+        if batches:
+            self._last_records_at = time.monotonic()
         out: list[Record] = []
         append = out.append
         for recs in batches.values():
