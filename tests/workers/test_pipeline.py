@@ -150,8 +150,14 @@ def test_mlp_outputs_equal_offline_strict_inference(tmp_path: Path) -> None:
     assert int(bot.sum()) > 0 or int(gap.sum()) > 0  # the test exercises the masks
     for i in range(300):
         assert got[i]["bottom"] == bot[i].tolist() and got[i]["gap"] == gap[i].tolist()
-        expect = [None if b else float(v) for v, b in zip(dec[i].tolist(), bot[i].tolist(), strict=True)]
-        assert got[i]["value"] == pytest.approx(expect, rel=1e-5) if None not in expect else got[i]["value"] == expect
+        for j, value in enumerate(got[i]["value"]):
+            if bot[i, j]:
+                assert value is None
+            else:
+                # Two forward calls of a CPU BLAS may differ in the last bits; N/D magnifies that as 1/|D| (the
+                # rows of a ⊥ element used to be compared exactly, which failed once in a full-suite run).
+                rel = 1e-5 * max(1.0, 5e-2 / abs(float(D[i, j])))
+                assert value == pytest.approx(float(dec[i, j]), rel=rel), (i, j, float(D[i, j]))
         assert got[i]["model_version"] == "mlp-1" and got[i]["tau_infer"] == 1e-3
 
 
