@@ -21,40 +21,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from confluent_kafka import Consumer, Producer  # noqa: E402
-from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+import psutil  # noqa: E402
+from confluent_kafka import Producer  # noqa: E402
 
-from tests.support.services import ManagedProcess, start_tansu  # noqa: E402
+from bench.worker import cpu_sampler, cpu_series, create_topics, rd_group_consumer  # noqa: E402
+from tests.support.services import start_tansu  # noqa: E402
 
 RATE = 16_000
 VALUE = b"x" * 300
-
-
-def _cpu_ticks(broker: ManagedProcess) -> int:
-    fields = Path(f"/proc/{broker.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def _topic(bootstrap: str, partitions: int) -> str:
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
-    admin.create_topics([NewTopic("t", partitions, 1)])["t"].result(30)
-    return "t"
-
-
-def _consumer(bootstrap: str, topic: str) -> Any:
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "drift",
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 5,
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 1000,
-            "log_level": 3,
-        }
-    )
-    c.subscribe([topic])
-    return c
+TOPIC = "t"
 
 
 def paced_run(partitions: int, consume: bool, seconds: float) -> list[int]:
@@ -62,38 +37,31 @@ def paced_run(partitions: int, consume: bool, seconds: float) -> list[int]:
     broker = start_tansu()
     try:
         bootstrap = broker.extra["bootstrap"]
-        topic = _topic(bootstrap, partitions)
+        create_topics(bootstrap, [TOPIC], partitions)
         prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "log_level": 3})
-        prod.produce(topic, b"warm-up")
+        prod.produce(TOPIC, b"warm-up")
         prod.flush(10)
         consumer = None
         if consume:
-            consumer = _consumer(bootstrap, topic)
+            consumer = rd_group_consumer(bootstrap, "drift", TOPIC)
             while consumer.poll(0.1) is None:  # joined, assigned, read the warm-up record
                 pass
         per_tick = RATE * 0.005
-        start = time.monotonic()
-        next_sample = start + 1.0
-        last = _cpu_ticks(broker)
         sent = 0
-        series: list[int] = []
-        while time.monotonic() - start < seconds:
-            due = int((time.monotonic() - start) / 0.005) * per_tick + per_tick
-            while sent < due:
-                prod.produce(topic, key=b"k%d" % (sent % 32), value=VALUE)
-                sent += 1
-            prod.poll(0)
-            if consumer is not None:
-                consumer.consume(10_000, 0)
-            if time.monotonic() >= next_sample:
-                now = _cpu_ticks(broker)
-                series.append(now - last)  # ticks are 1/100 s: ticks per second = percent of a core
-                last = now
-                next_sample += 1.0
-            time.sleep(0.002)
+        with cpu_sampler(broker.proc.pid) as broker_cpu:
+            start = time.monotonic()
+            while time.monotonic() - start < seconds:
+                due = int((time.monotonic() - start) / 0.005) * per_tick + per_tick
+                while sent < due:
+                    prod.produce(TOPIC, key=b"k%d" % (sent % 32), value=VALUE)
+                    sent += 1
+                prod.poll(0)
+                if consumer is not None:
+                    consumer.consume(10_000, 0)
+                time.sleep(0.002)
         if consumer is not None:
             consumer.close()
-        return series
+        return cpu_series(broker_cpu)
     finally:
         broker.kill()
 
@@ -103,22 +71,24 @@ def idle_at_end(records: int, partitions: int, seconds: float = 5.0) -> int:
     broker = start_tansu()
     try:
         bootstrap = broker.extra["bootstrap"]
-        topic = _topic(bootstrap, partitions)
+        create_topics(bootstrap, [TOPIC], partitions)
         prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "log_level": 3})
         for i in range(records):
-            prod.produce(topic, key=b"k%d" % (i % 32), value=VALUE)
+            prod.produce(TOPIC, key=b"k%d" % (i % 32), value=VALUE)
             if i % 10_000 == 0:
                 prod.poll(0)
         prod.flush(60)
-        consumer = _consumer(bootstrap, topic)
+        consumer = rd_group_consumer(bootstrap, "drift", TOPIC)
         got = 0
         while got < records:
             got += len(consumer.consume(10_000, 0.5))
         time.sleep(0.5)
-        before, t0 = _cpu_ticks(broker), time.monotonic()
+        proc = psutil.Process(broker.proc.pid)
+        proc.cpu_percent(None)  # the baseline for the next call
+        t0 = time.monotonic()
         while time.monotonic() - t0 < seconds:
             consumer.poll(0.1)
-        used = (_cpu_ticks(broker) - before) / (time.monotonic() - t0)
+        used = proc.cpu_percent(None)
         consumer.close()
         return round(used)
     finally:

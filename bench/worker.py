@@ -14,7 +14,7 @@
 
 Every measurement gets a fresh broker. The input and output topics have ``--partitions`` partitions (default 1),
 and (a), (b), (d) are repeated on ``--compare-partitions`` (default 4): tansu's memory engine's fetch cost grows
-with the length of the partitions read, much faster with 4 partitions than with 1 (see ``bench_broker_floor``).
+with the length of the partitions read, much faster with 4 partitions than with 1 (``bench/tansu_drift.py``).
 
     python bench/worker.py [--messages 30000] [--partitions 1] [--out bench/results/worker.json]
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import os
 import platform
@@ -31,10 +30,10 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +42,12 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
+import psutil  # noqa: E402
 import torch  # noqa: E402
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 from kafka.structs import OffsetAndMetadata  # noqa: E402
 
+from tests.reliability.common import Sampler  # noqa: E402
 from tests.support.services import TEST_CONSUMER_SETTINGS, free_port, start_redis, start_tansu  # noqa: E402
 from zeroproof.export import load_servable, save_bundle  # noqa: E402
 from zeroproof.inference import InferenceConfig, strict_inference  # noqa: E402
@@ -227,50 +228,23 @@ def _rd_config(bootstrap: str) -> dict[str, Any]:
     return {"bootstrap.servers": bootstrap, "log_level": 3}
 
 
-class CpuSeries:
-    """CPU use of one process (percent of one core) per ``period_s``, sampled from /proc in a thread: shows
-    whether the broker's own cost drifts during a run (tansu's memory engine does, see ``bench_broker_floor``)."""
-
-    def __init__(self, pid: int | None, period_s: float = 1.0) -> None:
-        self.pid = pid
-        self.period_s = period_s
-        self.series: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _ticks(self) -> int | None:
-        if self.pid is None:
-            return None
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        return int(fields[11]) + int(fields[12])  # utime + stime
-
-    def _run(self) -> None:
-        hz = os.sysconf("SC_CLK_TCK")
-        last = self._ticks()
-        while last is not None and not self._stop.wait(self.period_s):
-            now = self._ticks()
-            if now is None:
-                return
-            self.series.append(round(100.0 * (now - last) / hz / self.period_s))
-            last = now
-
-    def __enter__(self) -> CpuSeries:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
+def cpu_sampler(pid: int) -> Sampler:
+    """CPU use of process ``pid`` (percent of one core) once a second: shows whether the broker's own cost drifts
+    during a run (tansu's memory engine does, see ``bench/tansu_drift.py``). Read with :func:`cpu_series`."""
+    proc = psutil.Process(pid)
+    return Sampler(lambda: round(proc.cpu_percent(None)), every_s=1.0)
 
 
-def _reader(bootstrap: str, group: str, topic: str) -> Any:
-    """librdkafka group consumer of ``topic`` that has joined and been assigned (it returned the warm-up record)."""
+def cpu_series(sampler: Sampler) -> list[int]:
+    # psutil's first cpu_percent(None) is a meaningless 0.0 (nothing to compare with yet): drop it
+    return [int(v) for _, v in sampler.samples[1:]]
+
+
+def rd_group_consumer(bootstrap: str, group: str, topic: str) -> Any:
+    """librdkafka member of ``group`` subscribed to ``topic``, reading from the start, fetching every ≤ 5 ms."""
     from confluent_kafka import Consumer as RdConsumer
 
-    reader = RdConsumer(
+    consumer = RdConsumer(
         {
             **_rd_config(bootstrap),
             "group.id": group,
@@ -281,7 +255,22 @@ def _reader(bootstrap: str, group: str, topic: str) -> Any:
             "heartbeat.interval.ms": 1000,
         }
     )
-    reader.subscribe([topic])
+    consumer.subscribe([topic])
+    return consumer
+
+
+def produce_one(bootstrap: str, topic: str, value: bytes) -> None:
+    """One record, sent and acknowledged by a short-lived producer (the warm-up records the readers wait for)."""
+    from confluent_kafka import Producer as RdProducer
+
+    producer = RdProducer(_rd_config(bootstrap))
+    producer.produce(topic, value)
+    producer.flush(30)
+
+
+def _reader(bootstrap: str, group: str, topic: str) -> Any:
+    """librdkafka group consumer of ``topic`` that has joined and been assigned (it returned the warm-up record)."""
+    reader = rd_group_consumer(bootstrap, group, topic)
     t_end = time.monotonic() + 60
     while time.monotonic() < t_end:
         m = reader.poll(0.1)
@@ -324,9 +313,18 @@ def latency_summary(samples: list[tuple[float, float]], rate: float, seconds: fl
     }
 
 
-def _start_generator(bootstrap: str, topic: str, rate: float, n: int) -> subprocess.Popen[bytes]:
-    # the paced producer runs in its own process, so that it and the reader don't share a GIL
-    return subprocess.Popen([sys.executable, __file__, "--generate", bootstrap, topic, str(rate), str(n)], cwd=ROOT)
+def paced_latencies(
+    bootstrap: str, topic: str, reader: Any, rate: float, seconds: float, broker_pid: int
+) -> dict[str, Any]:
+    """Paced load into ``topic`` for ``seconds``, stamped records read back by ``reader``: the latency summary and
+    the broker's CPU per second meanwhile."""
+    n = int(rate * seconds)
+    with cpu_sampler(broker_pid) as broker_cpu:
+        # the paced producer runs in its own process, so that it and the reader don't share a GIL
+        gen = subprocess.Popen([sys.executable, __file__, "--generate", bootstrap, topic, str(rate), str(n)], cwd=ROOT)
+        samples = _read_latencies(reader, n, time.monotonic() + seconds + 60)
+        gen.wait(30)
+    return {**latency_summary(samples, rate, seconds), "broker_cpu_percent_per_s": cpu_series(broker_cpu)}
 
 
 def bench_latency(
@@ -337,31 +335,23 @@ def bench_latency(
     seconds: float,
     tmp: Path,
     delay_ms: float,
-    partitions: int = 1,
-    broker_pid: int | None = None,
+    partitions: int,
+    broker_pid: int,
     **worker_extra: str,
 ) -> dict[str, Any]:
     """Paced load in, outputs read back; both ends use librdkafka (confluent-kafka), whose per-message cost is
     a few µs instead of kafka-python's ~40: on 2 shared cores a Python load generator and reader otherwise take
     the CPU the worker and the broker need, and the figure measures the harness, not the worker."""
-    from confluent_kafka import Producer as RdProducer
-
     tag = f"bl{uuid.uuid4().hex[:8]}"
     create_topics(bootstrap, [f"{tag}.inputs", f"{tag}.outputs"], partitions)
-    warm = RdProducer(_rd_config(bootstrap))
-    warm.produce(f"{tag}.inputs", json.dumps({"id": "warmup", "features": [0.0] * FEATURES}).encode())
-    warm.flush(30)
+    produce_one(bootstrap, f"{tag}.inputs", json.dumps({"id": "warmup", "features": [0.0] * FEATURES}).encode())
     port = free_port()
     proc = start_worker(bootstrap, redis_url, model, tag, port, tmp / "worker-lat.log", **worker_extra)
     reader = None
     try:
         # the warm-up output: the worker has joined its group and the reader is assigned
         reader = _reader(bootstrap, f"{tag}.reader", f"{tag}.outputs")
-        n = int(rate * seconds)
-        with CpuSeries(broker_pid) as broker_cpu:
-            gen = _start_generator(bootstrap, f"{tag}.inputs", rate, n)
-            samples = _read_latencies(reader, n, time.monotonic() + seconds + 60)
-            gen.wait(30)
+        measured = paced_latencies(bootstrap, f"{tag}.inputs", reader, rate, seconds, broker_pid)
         worker_metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         (tmp / "worker-lat.metrics").write_text(worker_metrics)
     finally:
@@ -370,43 +360,27 @@ def bench_latency(
         proc.terminate()
         proc.wait(30)
     return {
-        **latency_summary(samples, rate, seconds),
+        **measured,
         "partitions": partitions,
         "target_p99_ms": delay_ms + 25.0,
         "worker_stages_mean_ms": worker_stage_means(worker_metrics),
-        "broker_cpu_percent_per_s": broker_cpu.series or None,
     }
 
 
-def bench_broker_floor(
-    bootstrap: str, rate: float, seconds: float, partitions: int, broker_pid: int | None = None
-) -> dict[str, Any]:
+def bench_broker_floor(bootstrap: str, rate: float, seconds: float, partitions: int, broker_pid: int) -> dict[str, Any]:
     """The same generator and reader with no worker between them: one Kafka hop, the broker's own share of (d).
 
-    On tansu's memory engine this floor drifts up during a run: its fetch cost grows with the length of the
-    partitions read (measured with this function: 17,500 msg/s for 20 s into 4 partitions took the broker from
-    10 % to 100 % of a core and the one-hop p99 from 7 to ~50 ms; into 1 partition to 36 % and ~10 ms)."""
-    from confluent_kafka import Producer as RdProducer
-
+    On tansu's memory engine this floor drifts up during a run, more steeply over more partitions
+    (``bench/tansu_drift.py`` measures the broker's side of it)."""
     topic = f"bf{uuid.uuid4().hex[:8]}"
     create_topics(bootstrap, [topic], partitions)
-    warm = RdProducer(_rd_config(bootstrap))
-    warm.produce(topic, b'{"warmup": true}')
-    warm.flush(30)
+    produce_one(bootstrap, topic, b'{"warmup": true}')
     reader = _reader(bootstrap, f"{topic}.reader", topic)
     try:
-        n = int(rate * seconds)
-        with CpuSeries(broker_pid) as broker_cpu:
-            gen = _start_generator(bootstrap, topic, rate, n)
-            samples = _read_latencies(reader, n, time.monotonic() + seconds + 60)
-            gen.wait(30)
+        measured = paced_latencies(bootstrap, topic, reader, rate, seconds, broker_pid)
     finally:
         reader.close()
-    return {
-        **latency_summary(samples, rate, seconds),
-        "partitions": partitions,
-        "broker_cpu_percent_per_s": broker_cpu.series or None,
-    }
+    return {**measured, "partitions": partitions}
 
 
 def worker_stage_means(metrics_text: str) -> dict[str, float]:
@@ -454,16 +428,13 @@ def generate(bootstrap: str, topic: str, rate: float, n: int) -> None:
     prod.flush(30)
 
 
-def on_fresh_broker(label: str, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Run one measurement on a broker of its own: tansu's memory engine gets slower as its partitions grow, so a
-    run must not inherit the topics and the drift of the runs before it. ``fn`` gets ``bootstrap`` first and the
-    broker's pid as ``broker_pid`` where it takes one."""
+def on_fresh_broker(label: str, fn: Callable[[str, int], dict[str, Any]]) -> dict[str, Any]:
+    """Run one measurement, ``fn(bootstrap, broker_pid)``, on a broker of its own: tansu's memory engine gets
+    slower as its partitions grow, so a run must not inherit the topics and the drift of the runs before it."""
     print(f"{label} ...", flush=True)
     broker = start_tansu()
     try:
-        if "broker_pid" in inspect.signature(fn).parameters:
-            kwargs["broker_pid"] = broker.proc.pid
-        res: dict[str, Any] = fn(broker.extra["bootstrap"], *args, **kwargs)
+        res = fn(broker.extra["bootstrap"], broker.proc.pid)
     finally:
         broker.kill()  # memory storage: nothing to shut down cleanly
     print(f"    {res}", flush=True)
@@ -476,14 +447,22 @@ def measure_layout(
     """(b), (a) and (d) with the broker-only floor, on input/output topics of ``partitions`` partitions."""
     n = len(values)
     passthrough = on_fresh_broker(
-        f"(b) pass-through, {n} messages, {partitions} partition(s)", bench_passthrough, values, partitions
+        f"(b) pass-through, {n} messages, {partitions} partition(s)",
+        lambda bootstrap, _: bench_passthrough(bootstrap, values, partitions),
     )
-    worker = on_fresh_broker(f"(a) worker, {n} messages", bench_worker, redis_url, model, values, tmp, partitions)
+    worker = on_fresh_broker(
+        f"(a) worker, {n} messages",
+        lambda bootstrap, _: bench_worker(bootstrap, redis_url, model, values, tmp, partitions),
+    )
     rate = worker["msgs_per_s"] / 2
     latency = on_fresh_broker(
-        f"(d) latency at {rate:.0f} msg/s", bench_latency, redis_url, model, rate, seconds, tmp, 20.0, partitions
+        f"(d) latency at {rate:.0f} msg/s",
+        lambda bootstrap, pid: bench_latency(bootstrap, redis_url, model, rate, seconds, tmp, 20.0, partitions, pid),
     )
-    floor = on_fresh_broker("(d) broker floor: one hop, no worker", bench_broker_floor, rate, seconds, partitions)
+    floor = on_fresh_broker(
+        "(d) broker floor: one hop, no worker",
+        lambda bootstrap, pid: bench_broker_floor(bootstrap, rate, seconds, partitions, pid),
+    )
     return {
         "partitions": partitions,
         "a_worker": worker,
@@ -514,17 +493,20 @@ def main() -> int:
         model = make_bundle(tmp / "bench-mlp.zpb")
         values = payloads(args.messages)
         main_layout = measure_layout(parts, redis_url, model, values, secs, tmp)
-        naive = on_fresh_broker("(c) naive loop", bench_naive, model, values[: args.naive_messages], parts)
+        naive = on_fresh_broker(
+            "(c) naive loop", lambda bootstrap, _: bench_naive(bootstrap, model, values[: args.naive_messages], parts)
+        )
         rate = main_layout["a_worker"]["msgs_per_s"] / 2
         low = min(1000.0, rate / 5)
         low_load = on_fresh_broker(
-            f"(d') latency at {low:.0f} msg/s", bench_latency, redis_url, model, low, secs, tmp, 20.0, parts
+            f"(d') latency at {low:.0f} msg/s",
+            lambda bootstrap, pid: bench_latency(bootstrap, redis_url, model, low, secs, tmp, 20.0, parts, pid),
         )
         deadline_only = on_fresh_broker(
             "(d'') half load, deadline batching (dispatch_when_idle=false)",
-            bench_latency,
-            *(redis_url, model, rate, secs, tmp, 20.0, parts),
-            dispatch_when_idle="false",
+            lambda bootstrap, pid: bench_latency(
+                bootstrap, redis_url, model, rate, secs, tmp, 20.0, parts, pid, dispatch_when_idle="false"
+            ),
         )
         other = (
             measure_layout(args.compare_partitions, redis_url, model, values, secs, tmp)
