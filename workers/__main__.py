@@ -7,49 +7,13 @@ the setting), 1 an unexpected fatal error (logged).
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from workers.settings import SettingsError, WorkerSettings, load_settings
+from workers.settings import SettingsError, load_settings
+from workers.startup import StoppedError, wait_for_topic, with_backoff
 
 T = TypeVar("T")
-
-
-class StoppedError(Exception):
-    """A stop signal arrived while we were still starting."""
-
-
-def with_backoff(
-    what: str, connect: Callable[[], T], log: Any, settings: WorkerSettings, should_stop: Callable[[], bool]
-) -> T:
-    """Retry ``connect`` with capped exponential backoff and one clear log line per attempt; never a crash loop."""
-    delay = 0.25
-    attempt = 0
-    started = time.monotonic()
-    while True:
-        attempt += 1
-        try:
-            result = connect()
-            if attempt > 1:
-                log.info(f"{what}_connected", attempts=attempt)
-            return result
-        except Exception as exc:
-            if settings.startup_timeout_s and time.monotonic() - started > settings.startup_timeout_s:
-                raise
-            log.warning(
-                f"{what}_unreachable",
-                error=str(exc) or type(exc).__name__,
-                attempt=attempt,
-                retry_in_s=round(delay, 2),
-                message=f"{what} not reachable; retrying in {delay:.2f}s",
-            )
-        end = time.monotonic() + delay
-        while time.monotonic() < end:
-            if should_stop():
-                raise StoppedError()
-            time.sleep(0.05)
-        delay = min(settings.startup_max_backoff_s, delay * 2)
 
 
 def _fail(msg: str) -> int:
@@ -104,14 +68,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workers.transport.kafka import KafkaConsumerTransport, KafkaProducerTransport
     from workers.worker import Worker
 
+    def should_stop() -> bool:
+        return stop["now"]
+
+    def retrying(what: str, connect: Callable[[], T]) -> T:
+        return with_backoff(what, connect, log, should_stop, settings.startup_max_backoff_s, settings.startup_timeout_s)
+
     try:
         store = RedisReviewStore(redis_client(settings), settings.redis_key_prefix)
-        with_backoff("redis", lambda: store.ping(), log, settings, lambda: stop["now"])
-        producer = with_backoff("kafka", lambda: KafkaProducerTransport(settings), log, settings, lambda: stop["now"])
+        retrying("redis", store.ping)
+        producer = retrying("kafka", lambda: KafkaProducerTransport(settings))
         out_topics = [settings.output_topic, settings.dlq_topic, settings.fallback_topic, settings.stats_topic]
-        parts = with_backoff("kafka", lambda: producer.warm(out_topics), log, settings, lambda: stop["now"])
+        parts = retrying("kafka", lambda: producer.warm(out_topics))
         log.info("output_topics_ready", partitions=parts)
-        consumer = with_backoff("kafka", lambda: KafkaConsumerTransport(settings), log, settings, lambda: stop["now"])
+        wait_for_topic(settings.input_topic, lambda: producer.topic_partitions(settings.input_topic), log, should_stop)
+        consumer = retrying("kafka", lambda: KafkaConsumerTransport(settings))
     except StoppedError:
         log.info("stopped_during_startup")
         return 0

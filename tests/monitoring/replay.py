@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
 
 from monitoring.service import MonitorService
 from monitoring.settings import MonitorSettings
@@ -47,14 +46,6 @@ def wall_clock_monitor_env(bootstrap: str, stats: str, alerts: str, metrics_port
     )
     env.update({"ZEROPROOF_" + k.upper(): v for k, v in extra.items()})
     return env
-
-
-def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics([NewTopic(name, partitions, 1) for name, partitions in topics.items()])
-    finally:
-        admin.close()
 
 
 def read_topic(bootstrap: str, topic: str, idle: float = 1.0, max_wait: float = 30.0) -> list[dict[str, Any]]:

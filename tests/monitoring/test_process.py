@@ -12,8 +12,8 @@ import pytest
 from kafka import KafkaProducer
 
 from monitoring.simulate import encode
-from tests.monitoring.replay import create_topics, read_topic, unique, wall_clock_monitor_env
-from tests.support.services import free_port
+from tests.monitoring.replay import read_topic, unique, wall_clock_monitor_env
+from tests.support.services import create_topics, free_port
 from workers.messages import Counts, StatsMessage
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,8 @@ import pytest
 from monitoring.rules import BOTTOM_RISE, COVERAGE, FLEET, GAP, NO_DATA
 from monitoring.simulate import Phase, SimClock, Stream, generate
 from tests.monitoring.conftest import T0, fast_settings
-from tests.monitoring.replay import Publisher, alerts_for, create_topics, read_topic, start_monitor, unique
+from tests.monitoring.replay import Publisher, alerts_for, read_topic, start_monitor, unique
+from tests.support.services import create_topics
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,9 @@ from monitoring.rules import BOTTOM_RISE, COVERAGE, GAP, NO_DATA
 from monitoring.settings import MonitorSettings
 from monitoring.simulate import Phase, SimClock, Stream, generate
 from tests.monitoring.conftest import T0, fast_settings
-from tests.monitoring.replay import Publisher, alerts_for, create_topics, read_topic, start_monitor, unique
+from tests.monitoring.replay import Publisher, alerts_for, read_topic, start_monitor, unique
 from tests.monitoring.truth import coverage, window_sums
+from tests.support.services import create_topics
 from workers.messages import StatsMessage
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,8 @@ import pytest
 from monitoring.settings import MonitorSettings
 from monitoring.simulate import Phase, SimClock, Stream, generate
 from tests.monitoring.conftest import T0
-from tests.monitoring.replay import Publisher, create_topics, read_topic, start_monitor, unique
+from tests.monitoring.replay import Publisher, read_topic, start_monitor, unique
+from tests.support.services import create_topics
 
 pytestmark = pytest.mark.integration
 

@@ -76,7 +76,7 @@ def test_broker_unreachable_at_start_and_mid_run(
     produce(bootstrap, topics.inputs, [(b"robot-0", msg("warmup", [0.1]))])
     proxy.cut()
     # 1. unreachable at start: the proxy port refuses connections
-    w = WorkerProc(env, tmp_path / "w.log")
+    w = WorkerProc(env, tmp_path / "w.log", create_input_topic=False)  # created above, through the proxy
     n, rate = 6_000, 400.0
     reader: TopicReader | None = None
     stream = Stream(

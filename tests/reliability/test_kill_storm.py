@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.monitoring.replay import create_topics
 from tests.reliability.common import Stream, review_records
 from tests.reliability.figures import record
+from tests.support.services import create_topics
 from tests.workers.helpers import TopicReader, Topics, WorkerProc, msg
 from tests.workers.test_integration import bottom_ids, feature_for, worker_env
 

@@ -345,7 +345,7 @@ def test_metrics_bind_address_is_configurable(bundle: Path, tmp_path: Path) -> N
         "ZEROPROOF_MODEL": str(bundle),
         "ZEROPROOF_METRICS_HOST": "127.0.0.1",
     }
-    w = WorkerProc(env, tmp_path / "w.log")
+    w = WorkerProc(env, tmp_path / "w.log", create_input_topic=False)  # there is no broker
     try:
         assert wait_until(lambda: bool(_listening(w.proc.pid, w.metrics_port)) or w.proc.poll() is not None, 60)
         addrs = _listening(w.proc.pid, w.metrics_port)
@@ -470,7 +470,7 @@ def test_worker_over_kafka_tls(redis_url: str, topics: Topics, tmp_path: Path) -
         # without the CA: the broker's certificate is refused, the worker keeps retrying and serves nothing
         no_ca = worker_env(bootstrap, redis_url, bundle, topics, kafka_security_protocol="SSL")
         no_ca["ZEROPROOF_STARTUP_MAX_BACKOFF_S"] = "1"
-        refused = WorkerProc(no_ca, tmp_path / "no-ca.log")
+        refused = WorkerProc(no_ca, tmp_path / "no-ca.log", create_input_topic=False)  # produced to above
         workers.append(refused)
         failure = refused.wait_event("kafka_unreachable", 60)
         assert refused.proc.poll() is None, refused.log_tail()
@@ -478,7 +478,7 @@ def test_worker_over_kafka_tls(redis_url: str, topics: Topics, tmp_path: Path) -
         assert "certificate verify failed" in refused.log_path.read_text(errors="replace"), refused.log_tail()
 
         env = worker_env(bootstrap, redis_url, bundle, topics, kafka_security_protocol="SSL", kafka_ssl_cafile=str(ca))
-        w = WorkerProc(env, tmp_path / "tls.log")
+        w = WorkerProc(env, tmp_path / "tls.log", create_input_topic=False)
         workers.append(w)
         reader = TopicReader(bootstrap, topics.outputs, **tls)
         reader.read_until(lambda rs: len({json.loads(r.value)["id"] for r in rs}) >= n, 90)

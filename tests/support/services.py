@@ -1,5 +1,9 @@
 """Tests start services with the same code as the embedded stack (``embedded.services``)."""
 
+from __future__ import annotations
+
+import contextlib
+
 from embedded.services import (
     TEST_CONSUMER_SETTINGS,
     ManagedProcess,
@@ -13,9 +17,25 @@ from embedded.services import (
     wait_for_port,
 )
 
+
+def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    """Create ``{name: partitions}`` on the broker; topics that already exist are left as they are."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        for name, partitions in topics.items():
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        admin.close()
+
+
 __all__ = [
     "TEST_CONSUMER_SETTINGS",
     "ManagedProcess",
+    "create_topics",
     "docker_available",
     "free_port",
     "kafka_broker",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.services import TEST_CONSUMER_SETTINGS, free_port
+from tests.support.services import TEST_CONSUMER_SETTINGS, create_topics, free_port
 from workers.transport.base import Record
 from zeroproof.export import save_bundle
 from zeroproof.inference import InferenceConfig
@@ -93,9 +93,17 @@ class Topics:
 
 
 class WorkerProc:
-    """``python -m workers`` as a child process, logs to a file we can grep."""
+    """``python -m workers`` as a child process, logs to a file we can grep.
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    The input topic is created first (4 partitions) unless ``create_input_topic`` is False: tests then never
+    depend on how a worker copes with a topic that appears after it started (``test_startup.py`` tests that).
+    """
+
+    def __init__(
+        self, env: dict[str, str], log_path: Path, create_input_topic: bool = True, input_partitions: int = 4
+    ) -> None:
+        if create_input_topic and "ZEROPROOF_INPUT_TOPIC" in env and "ZEROPROOF_KAFKA_BOOTSTRAP" in env:
+            create_topics(env["ZEROPROOF_KAFKA_BOOTSTRAP"], {env["ZEROPROOF_INPUT_TOPIC"]: input_partitions})
         self.log_path = log_path
         self.metrics_port = free_port()
         full = {k: v for k, v in os.environ.items() if not k.startswith("ZEROPROOF_")}

@@ -277,6 +277,7 @@ def test_startup_without_broker_retries_and_stops_cleanly(
     w = WorkerProc(
         worker_env(f"127.0.0.1:{free_port()}", redis_url, bundle, topics, startup_max_backoff_s="1"),
         tmp_path / "w.log",
+        create_input_topic=False,  # there is no broker
     )
     try:
         w.wait_event("kafka_unreachable", 40)

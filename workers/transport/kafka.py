@@ -146,6 +146,8 @@ class KafkaConsumerTransport:
         self._reset = settings.auto_offset_reset
         self._membership: _MembershipTracker | None = None  # set by subscribe
         self._last_records_at = 0.0  # monotonic time of the last poll that returned records
+        self._topic: str | None = None  # set by subscribe
+        self._next_metadata_nudge = 0.0
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_list(settings),
             group_id=settings.group_id,
@@ -165,6 +167,7 @@ class KafkaConsumerTransport:
         use_async = AsyncConsumerRebalanceListener is not None and hasattr(
             getattr(self._consumer, "_coordinator", None), "_commit_offsets_sync_async"
         )
+        self._topic = topic
         self._membership = tracked = _MembershipTracker(listener)
         wrapped = _async_listener(tracked, self._consumer) if use_async else _SyncListener(tracked, self._consumer)
         self._consumer.subscribe(topics=[topic], listener=wrapped)
@@ -179,9 +182,10 @@ class KafkaConsumerTransport:
         # ~22 % of a core (unsliced: ~11 %); the first record after a quiet spell may meet that 100 ms sleep.
         timeout_ms = max(0, int(timeout_s * 1000))
         now = time.monotonic()
-        sliced = (
-            self._membership is not None and self._membership.stable and now - self._last_records_at < _QUIET_AFTER_S
-        )
+        stable = self._membership is not None and self._membership.stable
+        if not stable:
+            self._nudge_topic_metadata(now)
+        sliced = stable and now - self._last_records_at < _QUIET_AFTER_S
         if not sliced:
             batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         else:
@@ -199,6 +203,19 @@ class KafkaConsumerTransport:
             for r in recs:
                 append(Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp or 0, tuple(r.headers or ())))
         return out
+
+    def _nudge_topic_metadata(self, now: float) -> None:
+        """While joining, make sure the client has the subscribed topic's partitions before the group leader
+        assigns them. kafka-python 3.0 drops the metadata update that ``subscribe`` requests when a refresh is in
+        flight at that moment (the response clears the pending flag), and the next periodic refresh is 5 min
+        away: the leader then assigns nothing ("No partition metadata"), and tansu keeps handing out that empty
+        assignment on every rejoin. Asking again every 200 ms until the partitions are known closes the race."""
+        cluster = getattr(self._consumer, "_cluster", None)
+        if cluster is None or self._topic is None or now < self._next_metadata_nudge:
+            return
+        self._next_metadata_nudge = now + 0.2
+        if not cluster.partitions_for_topic(self._topic):
+            cluster.request_update()
 
     def pause(self, partitions: Sequence[TopicPartition]) -> None:
         if partitions:
@@ -345,6 +362,17 @@ class KafkaProducerTransport:
                     raise KafkaTimeoutError(f"no leaders for topic {topic} after {timeout_s}s")
                 time.sleep(0.1)
         return out
+
+    def topic_partitions(self, topic: str, timeout_s: float = 1.0) -> int:
+        """Partitions of ``topic`` that have a leader, asking the broker (bounded by ``timeout_s``); 0 while the
+        topic does not exist. Where the broker auto-creates topics, asking creates it."""
+        try:
+            wait = getattr(self._producer, "_wait_on_metadata", None)  # bounded; partitions_for waits max_block_ms
+            parts = wait(topic, int(timeout_s * 1000)) if wait is not None else self._producer.partitions_for(topic)
+        except KafkaTimeoutError:
+            return 0
+        meta = self._producer._metadata
+        return sum(1 for p in parts or () if (meta.leader_for_partition(KTopicPartition(topic, p)) or -1) >= 0)
 
     def flush(self, timeout_s: float) -> None:
         # a timeout only means not everything is acknowledged yet: the handles say which
