@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from workers.settings import SettingsError, load_settings
+from workers.settings import SettingsError, load_settings, redact_url
 from workers.startup import StoppedError, wait_for_topic, with_backoff
 
 T = TypeVar("T")
@@ -77,6 +77,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         store = RedisReviewStore(redis_client(settings), settings.redis_key_prefix)
         retrying("redis", store.ping)
+        policy = retrying("redis", store.memory_policy)
+        risk = store.eviction_risk() if policy is not None else None
+        if risk is not None and not settings.redis_allow_eviction:
+            return _fail(
+                f"redis {redact_url(settings.redis_url.get_secret_value())}: {risk}; set maxmemory-policy "
+                "noeviction (or ZEROPROOF_REDIS_ALLOW_EVICTION=true to accept losing them)"
+            )
+        if risk is not None or policy is None:
+            log.warning("redis_eviction_unchecked" if policy is None else "redis_may_evict", risk=risk)
+        store.allow_eviction = settings.redis_allow_eviction
+        moved = retrying("redis", store.migrate_legacy)
+        if moved:
+            log.info("review_records_migrated", records=moved, layout="source-keyed")
         producer = retrying("kafka", lambda: KafkaProducerTransport(settings))
         out_topics = [settings.output_topic, settings.dlq_topic, settings.fallback_topic, settings.stats_topic]
         parts = retrying("kafka", lambda: producer.warm(out_topics))

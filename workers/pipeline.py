@@ -62,9 +62,11 @@ class Outgoing:
 
 @dataclass(slots=True)
 class ReviewItem:
-    """A ⊥ input for the Redis review log; ``record`` is the JSON document stored once per input id."""
+    """A ⊥ input for the Redis review log; ``record`` is the JSON document stored once per source record
+    (``source`` = ``topic:partition:offset`` of the input, so a redelivery is the same record)."""
 
     input_id: str
+    source: str
     record: bytes
     score: float
 
@@ -468,7 +470,8 @@ def _infer_group(
                 **provenance,
                 "recorded_at": now,
             }
-            out.reviews.append(ReviewItem(msg.id, dumps(review), now))
+            source = f"{rec.topic}:{rec.partition}:{rec.offset}"
+            out.reviews.append(ReviewItem(msg.id, source, dumps(review), now))
             out.bottoms.append(BottomEvent(msg.id, entity, rec.topic, rec.partition, rec.offset, sum(bottom_l[i])))
         if labels_wanted:
             for name in labels_wanted:

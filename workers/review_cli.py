@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -31,20 +33,52 @@ def register(sub: Any) -> None:
     ls.add_argument("--limit", type=int, default=100, help="at most this many (0 = all)")
     ls.set_defaults(func=_list)
 
-    show = rsub.add_parser("show", help="the full record of one input: input, N, D, masks, thresholds, source")
-    show.add_argument("id")
+    def one_record(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("id", help="the input id")
+        parser.add_argument(
+            "--source", help="TOPIC:PARTITION:OFFSET of the input, when several inputs share the id (see `show`)"
+        )
+
+    show = rsub.add_parser(
+        "show", help="the full record of an input: input, N, D, masks, thresholds, source, audit trail"
+    )
+    one_record(show)
     show.set_defaults(func=_show)
 
-    ack = rsub.add_parser("ack", help="mark reviewed (moves it off the pending list)")
-    ack.add_argument("id")
+    ack = rsub.add_parser("ack", help="mark reviewed (moves it off the pending list; kept in the audit trail)")
+    one_record(ack)
+    ack.add_argument("--note", help="a note kept with the acknowledgement")
+    ack.add_argument("--reviewer", help="who acknowledges (default $ZEROPROOF_REVIEWER, else the login name)")
     ack.set_defaults(func=_ack)
 
     replay = rsub.add_parser("replay", help="re-publish the input to the input topic (asks for confirmation)")
-    replay.add_argument("id")
+    one_record(replay)
     replay.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     replay.add_argument("--kafka-bootstrap", help="overrides ZEROPROOF_KAFKA_BOOTSTRAP")
     replay.add_argument("--topic", help="target topic (default ZEROPROOF_INPUT_TOPIC)")
+    replay.add_argument("--reviewer", help="who replays (default $ZEROPROOF_REVIEWER, else the login name)")
     replay.set_defaults(func=_replay)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """Control characters (ESC, CR, ...) of ids and entities as ``\\xNN``: printed raw they would move the
+    cursor, rewrite earlier lines or change the terminal's state."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def reviewer_name(args: argparse.Namespace) -> str:
+    import getpass
+
+    name = getattr(args, "reviewer", None) or os.environ.get("ZEROPROOF_REVIEWER")
+    if not name:
+        try:
+            name = getpass.getuser()
+        except Exception:
+            name = "unknown"
+    return f"cli:{name}"
 
 
 def _settings(args: argparse.Namespace) -> WorkerSettings:
@@ -87,10 +121,34 @@ def _reports_redis_errors(command: Callable[[argparse.Namespace], int]) -> Calla
     return run
 
 
+def _pick(store: Any, args: argparse.Namespace) -> Any:
+    """The one record ``args`` name, or ``None`` after saying why on stderr."""
+    if args.source:
+        rec = store.get(args.source)
+        if rec is None or rec.id != args.id:
+            sys.stderr.write(
+                f"zeroproof review: no record for id {terminal_safe(repr(args.id))} at {terminal_safe(args.source)}\n"
+            )
+            return None
+        return rec
+    records = store.find(args.id)
+    if not records:
+        sys.stderr.write(f"zeroproof review: no record for id {terminal_safe(repr(args.id))}\n")
+        return None
+    if len(records) > 1:
+        sources = ", ".join(r.source for r in records)
+        sys.stderr.write(
+            f"zeroproof review: {len(records)} different inputs share id {terminal_safe(repr(args.id))}; "
+            f"pass --source (one of {terminal_safe(sources)})\n"
+        )
+        return None
+    return records[0]
+
+
 @_reports_redis_errors
 def _list(args: argparse.Namespace) -> int:
     store = _store(args)
-    records = store.list("acked" if args.acked else "pending", args.limit)
+    records = store.records("acked" if args.acked else "pending", args.limit)
     out = sys.stdout
     if args.json:
         for r in records:
@@ -102,32 +160,40 @@ def _list(args: argparse.Namespace) -> int:
     out.write(f"{'ID':<28} {'ENTITY':<16} {'MODEL':<18} {'SOURCE':<28} DELIVERIES\n")
     for r in records:
         s = r.summary()
-        out.write(
-            f"{s['id']:<28} {s['entity'] or '-':<16} {s['model_version'] or '-':<18} {s['source']:<28} "
-            f"{s['deliveries']}\n"
+        ident, entity, model = (
+            terminal_safe(str(v)) if v is not None else "-" for v in (s["id"], s["entity"], s["model_version"])
         )
+        out.write(f"{ident:<28} {entity:<16} {model:<18} {s['source']:<28} {s['deliveries']}\n")
     return 0
 
 
 @_reports_redis_errors
 def _show(args: argparse.Namespace) -> int:
     store = _store(args)
-    rec = store.get(args.id)
-    if rec is None:
-        sys.stderr.write(f"zeroproof review: no record for id {args.id!r}\n")
+    if args.source:
+        rec = _pick(store, args)
+        records = [rec] if rec is not None else []
+    else:
+        records = store.find(args.id)
+    if not records:
+        sys.stderr.write(f"zeroproof review: no record for id {terminal_safe(repr(args.id))}\n")
         return 1
-    sys.stdout.write(json.dumps(rec.full(), indent=2, sort_keys=True) + "\n")
+    if len(records) == 1:
+        sys.stdout.write(json.dumps(records[0].full(), indent=2, sort_keys=True) + "\n")
+        return 0
+    # different inputs reused the id: every one of them, oldest first (JSON escapes control characters)
+    sys.stderr.write(f"zeroproof review: {len(records)} different inputs share this id; showing all\n")
+    sys.stdout.write(json.dumps([r.full() for r in records], indent=2, sort_keys=True) + "\n")
     return 0
 
 
 @_reports_redis_errors
 def _ack(args: argparse.Namespace) -> int:
     store = _store(args)
-    ok = store.ack(args.id)
-    if not ok:
-        sys.stderr.write(f"zeroproof review: no record for id {args.id!r}\n")
+    rec = _pick(store, args)
+    if rec is None or not store.ack(rec.source, reviewer_name(args), args.note):
         return 1
-    sys.stdout.write(f"acknowledged {args.id}\n")
+    sys.stdout.write(f"acknowledged {terminal_safe(rec.id)} ({rec.source})\n")
     return 0
 
 
@@ -137,16 +203,16 @@ def _replay(args: argparse.Namespace) -> int:
     from workers.review import RedisReviewStore, redis_client
 
     store = RedisReviewStore(redis_client(settings), settings.redis_key_prefix)
-    rec = store.get(args.id)
+    rec = _pick(store, args)
     if rec is None:
-        sys.stderr.write(f"zeroproof review: no record for id {args.id!r}\n")
         return 1
     topic = args.topic or settings.input_topic
+    shown = terminal_safe(rec.id)
     if not args.yes:
         if not sys.stdin.isatty():
             sys.stderr.write("zeroproof review: replay re-publishes the input; confirm with --yes\n")
             return 1
-        answer = input(f"replay {args.id} to {topic} on {settings.kafka_bootstrap}? [y/N] ")
+        answer = input(f"replay {shown} ({rec.source}) to {topic} on {settings.kafka_bootstrap}? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             sys.stderr.write("zeroproof review: not replayed\n")
             return 1
@@ -163,12 +229,13 @@ def _replay(args: argparse.Namespace) -> int:
             topic,
             value=payload,
             key=key.encode() if isinstance(key, str) else None,
-            headers=[("zeroproof-replay-of", args.id.encode())],
+            headers=[("zeroproof-replay-of", rec.source.encode())],
         ).get(timeout=30)
         producer.close(timeout=5)
     except KafkaError as exc:
         sys.stderr.write(f"zeroproof review: error: kafka: {exc}\n")
         return 1
-    store.mark_replayed(args.id)
-    sys.stdout.write(f"replayed {args.id} to {topic}:{meta.partition}:{meta.offset}\n")
+    target = f"{topic}:{meta.partition}:{meta.offset}"
+    store.mark_replayed(rec.source, reviewer_name(args), target)
+    sys.stdout.write(f"replayed {shown} ({rec.source}) to {target}\n")
     return 0

@@ -142,6 +142,9 @@ class WorkerSettings(BaseSettings):
     redis_ssl_ca_file: Path | None = None
     redis_key_prefix: str = "zeroproof:review"
     redis_timeout_s: float = Field(default=2.0, gt=0)
+    redis_allow_eviction: bool = Field(
+        default=False, description="start even if Redis may evict review records (allkeys-* policy with maxmemory)"
+    )
 
     # --- start-up
     startup_max_backoff_s: float = Field(default=30.0, gt=0)

@@ -14,6 +14,7 @@ import psutil
 import redis
 
 from tests.workers.helpers import Topics
+from workers.review import RedisReviewStore
 
 
 def fast_producer(bootstrap: str, **extra: Any) -> Any:
@@ -150,20 +151,23 @@ def rss_mib(pid: int) -> float:
 
 
 def review_records(url: str, topics: Topics) -> dict[str, dict[str, Any]]:
-    """Every review record of ``topics``' prefix: ``{id: {"deliveries": n, "status": s, "pending": bool}}``."""
-    r = redis.Redis.from_url(url)
-    prefix = topics.redis_prefix
-    pending = {i.decode() for i in r.zrange(f"{prefix}:pending", 0, -1)}
+    """Every review record of ``topics``' prefix by input id: ``{id: {"deliveries": n, "status": s, "pending":
+    bool, "source": s}}``. The scenarios use unique ids, so a second record for an id (a redelivery recorded
+    twice) fails here."""
+    store = RedisReviewStore(redis.Redis.from_url(url), topics.redis_prefix)
     out: dict[str, dict[str, Any]] = {}
-    for key in r.scan_iter(match=f"{prefix}:rec:*", count=1000):
-        h = r.hgetall(key)
-        rid = key.decode()[len(prefix) + 5 :]
-        out[rid] = {
-            "deliveries": int(h.get(b"deliveries", b"0")),
-            "status": h.get(b"status", b"").decode(),
-            "pending": rid in pending,
-        }
-    r.close()
+    try:
+        for status in ("pending", "acked"):
+            for rec in store.records(status, 0):
+                assert rec.id not in out, f"two review records for id {rec.id}: {rec.source}, {out[rec.id]}"
+                out[rec.id] = {
+                    "deliveries": rec.deliveries,
+                    "status": rec.status,
+                    "pending": status == "pending",
+                    "source": rec.source,
+                }
+    finally:
+        store.close()
     return out
 
 

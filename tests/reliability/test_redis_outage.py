@@ -25,6 +25,7 @@ from tests.reliability.figures import record
 from tests.support.services import free_port, wait_for_port
 from tests.workers.helpers import TopicReader, Topics, WorkerProc, msg
 from tests.workers.test_integration import _committed, bottom_ids, feature_for, worker_env
+from workers.review import RedisReviewStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,7 +53,7 @@ def ids_on_disk(workdir: Path, topics: Topics, scratch: Path) -> set[str]:
     try:
         r = redis.Redis(port=port)
         wait_until(lambda: r.ping(), 5)
-        return {i.decode() for i in r.zrange(f"{topics.redis_prefix}:pending", 0, -1)}
+        return set(RedisReviewStore(r, topics.redis_prefix).pending_ids())
     finally:
         proc.kill()
         proc.wait(5)

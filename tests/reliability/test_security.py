@@ -125,7 +125,7 @@ def test_secrets_never_in_logs_or_metrics_with_auth_and_sasl_set(
         reader.read_until(lambda rs: len(rs) >= 2, 60)
         assert {o["id"]: o["status"] for o in reader.json()} == {"pole": "bottom", "fine": "ok"}
         r = redis.Redis(port=port, password=REDIS_PW)
-        assert r.zrange(f"{topics.redis_prefix}:pending", 0, -1) == [b"pole"]  # written through AUTH
+        assert RedisReviewStore(r, topics.redis_prefix).pending_ids() == ["pole"]  # written through AUTH
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=port, password=WRONG_PW).ping()
         metrics_right = scrape_text(right.metrics_port)
@@ -248,7 +248,7 @@ def test_redis_tls_and_auth_settings_work(tmp_path: Path) -> None:
         store = RedisReviewStore(redis_client(s), "zp-tls:review")
         store.ping()
         assert store.record_batch([item("tls-1", 1)]) == 1
-        assert store.list_ids() == ["tls-1"]
+        assert store.pending_ids() == ["tls-1"]
         # without the CA the server's certificate is refused; a plain connection to the TLS port fails too
         no_ca = RedisReviewStore(
             redis_client(WorkerSettings(redis_url=f"rediss://127.0.0.1:{port}/0", redis_password=REDIS_PW))
@@ -385,8 +385,8 @@ def test_replay_asks_on_a_terminal_and_only_yes_replays(redis_url: str, kafka_bo
         answers[answer or "<enter>"] = {"exit": code, "prompted": "[y/N]" in out}
         assert "[y/N]" in out, out
     assert [a["exit"] for a in answers.values()] == [1, 1, 1, 0], answers
-    rec = store.get("r1")
-    assert rec is not None and rec.replays == 1  # only the explicit "y" replayed
+    [rec] = store.find("r1")
+    assert rec.replays == 1  # only the explicit "y" replayed
     reader = TopicReader(kafka_bootstrap, topics.inputs)
     try:
         reader.read_until(lambda rs: len(rs) >= 1, 30)

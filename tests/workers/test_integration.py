@@ -20,6 +20,7 @@ import torch
 
 from tests.support.services import start_redis
 from tests.workers.helpers import POLE, TopicReader, Topics, WorkerProc, known_pole_bundle, msg, produce
+from workers.review import RedisReviewStore
 from zeroproof.export import load_servable
 from zeroproof.inference import InferenceConfig, strict_inference
 
@@ -61,8 +62,7 @@ def offline(model_path: Path, xs: list[list[float | None]]) -> tuple[Any, Any, A
 
 
 def review_ids(redis_url: str, topics: Topics) -> list[str]:
-    r = redis.Redis.from_url(redis_url)
-    return [i.decode() for i in r.zrange(f"{topics.redis_prefix}:pending", 0, -1)]
+    return RedisReviewStore(redis.Redis.from_url(redis_url), topics.redis_prefix).pending_ids()
 
 
 @pytest.mark.timeout(120)

@@ -32,11 +32,11 @@ def review(env: dict[str, str], *args: str, stdin: str | None = None) -> subproc
     )
 
 
-def item(i: str, offset: int) -> ReviewItem:
+def item(i: str, offset: int, features: list[float] | None = None) -> ReviewItem:
     doc = {
         "id": i,
         "entity": "robot-1",
-        "input": {"id": i, "features": [0.5], "entity": None, "ts": None, "labels": {}},
+        "input": {"id": i, "features": features or [0.5], "entity": None, "ts": None, "labels": {}},
         "key": "robot-1",
         "N": [-2.0],
         "D": [0.0],
@@ -50,7 +50,7 @@ def item(i: str, offset: int) -> ReviewItem:
         "offset": offset,
         "recorded_at": 1000.0 + offset,
     }
-    return ReviewItem(i, orjson.dumps(doc), 1000.0 + offset)
+    return ReviewItem(i, f"zeroproof.inputs:0:{offset}", orjson.dumps(doc), 1000.0 + offset)
 
 
 @pytest.mark.timeout(120)
@@ -94,8 +94,9 @@ def test_review_list_show_ack_replay(redis_url: str, kafka_bootstrap: str) -> No
         assert json.loads(recs[0].value)["id"] == "b" and recs[0].key == b"robot-1"
     finally:
         reader.close()
-    rec = store.get("b")
-    assert rec is not None and rec.replays == 1
+    [rec] = store.find("b")
+    assert rec.replays == 1
+    assert [a["action"] for a in rec.audit] == ["replay"] and rec.audit[0]["target"].startswith(topics.inputs)
     # a bad setting is one clear line
     r = review({**env, "ZEROPROOF_REDIS_URL": "http://nope"}, "list")
     assert r.returncode == 2 and "ZEROPROOF_REDIS_URL" in r.stderr and "Traceback" not in r.stderr

@@ -25,10 +25,10 @@ pytestmark = pytest.mark.unit
 
 
 class FakeReviews:
-    """Same interface as RedisReviewStore.record_batch; idempotent by id; can fail on demand."""
+    """Same interface as RedisReviewStore.record_batch; idempotent by source record; can fail on demand."""
 
     def __init__(self) -> None:
-        self.records: dict[str, bytes] = {}
+        self.records: dict[str, ReviewItem] = {}  # by source record
         self.fail = False
         self.calls = 0
 
@@ -38,10 +38,13 @@ class FakeReviews:
             raise ReviewStoreError("redis down (injected)")
         new = 0
         for it in items:
-            if it.input_id not in self.records:
-                self.records[it.input_id] = it.record
+            if it.source not in self.records:
+                self.records[it.source] = it
                 new += 1
         return new
+
+    def ids(self) -> set[str]:
+        return {it.input_id for it in self.records.values()}
 
     def ping(self) -> None:
         return None
@@ -94,7 +97,7 @@ def test_every_input_gets_one_output_and_offsets_commit(tmp_path: Path) -> None:
     spin(w)
     assert sorted(output_ids(broker), key=int) == [str(i) for i in range(50)]
     assert committed_total(broker) == 50
-    assert set(reviews.records) == {str(i) for i in range(0, 50, 5)}
+    assert reviews.ids() == {str(i) for i in range(0, 50, 5)}
     stats = [json.loads(v) for v in broker.values("zeroproof.stats")]
     assert sum(s["counts"]["total"] for s in stats) == 50 and sum(s["counts"]["bottom"] for s in stats) == 10
 
@@ -139,7 +142,7 @@ def test_redis_down_blocks_commit_then_recovers(tmp_path: Path) -> None:
     reviews.fail = False
     spin(w, 1.0)
     assert committed_total(broker) == 20
-    assert set(reviews.records) == {"0", "5", "10", "15"}
+    assert reviews.ids() == {"0", "5", "10", "15"}
 
 
 def test_failed_sends_are_resent(tmp_path: Path) -> None:
