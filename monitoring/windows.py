@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from workers.messages import StatsMessage
+from workers.messages import OTHER_LABEL_VALUE, StatsMessage
 
 FIELDS = (
     "total",
@@ -37,7 +37,7 @@ _N_FIELDS = len(FIELDS)
 ALL = "all"
 LABEL = "label"
 SHADOW = "shadow"
-OTHER_VALUE = "__other__"
+OTHER_VALUE = OTHER_LABEL_VALUE
 
 
 @dataclass(frozen=True, slots=True)

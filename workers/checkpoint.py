@@ -18,9 +18,7 @@ from typing import Any
 from workers.metrics import WorkerMetrics
 from workers.pipeline import BatchOutcome, Outgoing
 from workers.review import ReviewSink, ReviewStoreError
-from workers.transport.base import Consumer, DeliveryHandle, Producer, TopicPartition
-
-_KINDS_BY_TOPIC_ATTR = ("output", "dlq", "fallback", "stats")
+from workers.transport.base import Consumer, DeliveryHandle, Producer, RecordRefusedError, TopicPartition
 
 
 @dataclass
@@ -38,6 +36,8 @@ class InFlight:
     input_timestamps_ms: list[int] = field(default_factory=list)
     created: float = field(default_factory=time.monotonic)
     stall_level: int = 0
+    #: indices of sends already replaced after a refusal: a replacement refused again is retried, not replaced
+    replaced: set[int] = field(default_factory=set)
 
     def sends_acked(self) -> bool:
         return all(h.done() and h.error() is None for h in self.handles)
@@ -51,7 +51,7 @@ class Checkpoint:
         reviews: ReviewSink,
         metrics: WorkerMetrics,
         log: Any,
-        topic_kind: Callable[[str], str],
+        replace_refused: Callable[[Outgoing, BaseException], Outgoing],
         max_backoff_s: float = 5.0,
         producer_factory: Callable[[], Producer] | None = None,
         stall_s: float = 5.0,
@@ -61,7 +61,8 @@ class Checkpoint:
         self.reviews = reviews
         self.metrics = metrics
         self.log = log
-        self.topic_kind = topic_kind
+        self.replace_refused = replace_refused
+        self.refused = 0
         self.max_backoff_s = max_backoff_s
         self.producer_factory = producer_factory
         self.stall_s = stall_s
@@ -119,7 +120,35 @@ class Checkpoint:
         batch.reviews_done = True
         self.metrics.review_new.inc(new)
 
+    def _replace_refused(self, batch: InFlight) -> None:
+        """Records refused for good (too large, invalid) are final: each is replaced once by what
+        ``replace_refused`` makes of it (a small DLQ record), so the batch can become durable."""
+        for i, h in enumerate(batch.handles):
+            if i in batch.replaced or not h.done():
+                continue
+            err = h.error()
+            if not isinstance(err, RecordRefusedError):
+                continue
+            old = batch.sends[i]
+            new = batch.sends[i] = self.replace_refused(old, err)
+            batch.replaced.add(i)
+            batch.handles[i] = self.producer.send(new.topic, new.key, new.value, new.headers)
+            self.refused += 1
+            self.metrics.refused.labels(old.kind).inc()
+            if self.refused <= 10 or self.refused % 1000 == 0:
+                self.log.error(
+                    "record_refused_replaced",
+                    kind=old.kind,
+                    topic=old.topic,
+                    source=old.source,
+                    bytes=len(old.value) + len(old.key or b""),
+                    replaced_by=new.topic,
+                    error=str(err),
+                    refused_total=self.refused,
+                )
+
     def _retry_failed_sends(self, batch: InFlight, now: float) -> None:
+        self._replace_refused(batch)
         if now < batch.next_send_retry:
             return
         failed = [i for i, h in enumerate(batch.handles) if h.done() and h.error() is not None]
@@ -179,8 +208,7 @@ class Checkpoint:
                     self.uncommitted[tp] = off
             kinds: dict[str, int] = {}
             for s in b.sends:
-                k = self.topic_kind(s.topic)
-                kinds[k] = kinds.get(k, 0) + 1
+                kinds[s.kind] = kinds.get(s.kind, 0) + 1
             self.metrics.batch_durable(kinds, b.input_timestamps_ms)
         if done:
             self.metrics.in_flight.set(len(self.pending))

@@ -16,6 +16,9 @@ Action = Literal["accept", "fallback", "reject"]
 STATS_SCHEMA: Literal["zeroproof.stats/1"] = "zeroproof.stats/1"
 OUTPUT_SCHEMA: Literal["zeroproof.output/1"] = "zeroproof.output/1"
 DLQ_SCHEMA: Literal["zeroproof.dlq/1"] = "zeroproof.dlq/1"
+#: The label value that stands for "every other value" once a label has too many (worker per batch, monitor per
+#: model version): label cardinality stays bounded whatever the inputs carry.
+OTHER_LABEL_VALUE = "__other__"
 
 
 class InputMessage(BaseModel):
@@ -70,6 +73,9 @@ class DLQMessage(BaseModel):
     ``original_b64`` is the raw value in base64 (bytes may not be UTF-8), ``original_text`` the same when it is
     valid UTF-8. Originals above 256 KiB are truncated so that the record fits one produce request:
     ``original_truncated`` is then true, and ``original_size``/``original_sha256`` identify the whole message.
+    ``key`` is the source Kafka key (as text); a key above 1 KiB is cut (``key_size``, ``key_sha256`` identify it)
+    and the DLQ record's own Kafka key is then that sha256. Reason ``output_too_large``: the broker refused the
+    record answering this input (``refused_kind``); ``original_*`` then describe that refused record.
     """
 
     schema_: Literal["zeroproof.dlq/1"] = Field(default=DLQ_SCHEMA, alias="schema")
@@ -84,6 +90,9 @@ class DLQMessage(BaseModel):
     partition: int
     offset: int
     key: str | None = None
+    key_size: int | None = None
+    key_sha256: str | None = None
+    refused_kind: str | None = None
     worker_id: str
 
 
@@ -116,7 +125,9 @@ class StatsMessage(BaseModel):
     """Published to ``zeroproof.stats`` once per batch; keyed by worker id.
 
     ``window_start``/``window_end``: epoch seconds spanned by the batch (first poll to publish).
-    ``by_label``: ``{label_name: {label_value: Counts}}`` for the input labels the worker is told to break down.
+    ``by_label``: ``{label_name: {label_value: Counts}}`` for the input labels the worker is told to break down;
+    at most ``ZEROPROOF_STATS_MAX_LABEL_VALUES`` values per label (128 characters each), the rest pooled as
+    ``__other__``. ``by_label_dropped``: the breakdown was removed because the broker refused the record.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -134,6 +145,7 @@ class StatsMessage(BaseModel):
     elements_bottom: int = 0
     elements_gap: int = 0
     by_label: dict[str, dict[str, Counts]] = Field(default_factory=dict)
+    by_label_dropped: bool = False
     shadow: list[ShadowCounts] = Field(default_factory=list)
     batch_seq: int = 0
     partitions: dict[str, list[int]] = Field(default_factory=dict)

@@ -28,6 +28,12 @@ class WorkerMetrics:
         self.fallback = Counter(p + "fallback", "Fallback actions", ["model_version", "controller"], registry=r)
         self.rejected = Counter(p + "rejected", "Outputs with action reject", ["model_version"], registry=r)
         self.review_new = Counter(p + "review_records_new", "New ⊥ review records written to Redis", registry=r)
+        self.refused = Counter(
+            p + "records_refused",
+            "Produced records the broker refused for good (too large), replaced by a DLQ record",
+            ["kind"],
+            registry=r,
+        )
         self.batch_size = Histogram(p + "batch_size", "Records per micro-batch", buckets=_SIZE, registry=r)
         self.queue_time = Histogram(
             p + "queue_seconds", "First record polled to batch processing start", buckets=_LAT, registry=r

@@ -24,9 +24,18 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from workers.fallback import FallbackChain
-from workers.messages import DLQ_SCHEMA, OUTPUT_SCHEMA, Counts, InputMessage, ShadowCounts, StatsMessage
+from workers.messages import (
+    DLQ_SCHEMA,
+    OTHER_LABEL_VALUE,
+    OUTPUT_SCHEMA,
+    Counts,
+    InputMessage,
+    ShadowCounts,
+    StatsMessage,
+)
 from workers.model import ModelRuntime
-from workers.transport.base import Record, TopicPartition
+from workers.settings import RECORD_OVERHEAD_BYTES
+from workers.transport.base import Record, RecordRefusedError, TopicPartition
 from zeroproof.inference import InferenceConfig, strict_inference
 
 #: DLQ reasons (also the ``reason`` label of the DLQ metric).
@@ -39,7 +48,17 @@ DLQ_REASONS = (
     "too_large",
     "wrong_feature_count",
     "model_error",
+    "output_too_large",
+    "output_refused",
 )
+
+#: Longest entity (characters): the input field's own limit, and the cap on an entity derived from a Kafka key.
+ENTITY_MAX_CHARS = 512
+#: A DLQ record keeps the source key as its own Kafka key only up to this size (else the key's sha256).
+DLQ_KAFKA_KEY_MAX_BYTES = 1024
+#: Per label name and batch, the stats record names at most this many label values (the rest are pooled as
+#: ``__other__``), each cut to ``STATS_LABEL_VALUE_MAX_CHARS``: a stats record stays a few KB whatever the input.
+STATS_LABEL_VALUE_MAX_CHARS = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +73,15 @@ class Routing:
 
 @dataclass(slots=True)
 class Outgoing:
+    """One record to produce. ``kind`` (output | fallback | dlq | stats) and ``source`` (``topic:partition:offset``
+    of the input it answers) let a record the broker refuses for good be replaced by a small DLQ record."""
+
     topic: str
     key: bytes | None
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
+    kind: str = "output"
+    source: str | None = None
 
 
 @dataclass(slots=True)
@@ -121,9 +145,15 @@ def _classify(exc: ValidationError) -> tuple[str, str]:
     return "wrong_type", detail[:300]
 
 
-#: A DLQ record must fit one produce request (kafka-python's max_request_size is 1 MiB): the original is kept
-#: whole up to this size and truncated beyond it (its length and sha256 are recorded).
+#: A DLQ record must fit one produce request: the original is kept whole up to this size (less where
+#: ``ZEROPROOF_PRODUCER_MAX_REQUEST_BYTES`` is smaller, see :func:`dlq_original_limit`) and truncated beyond it
+#: (its length and sha256 are recorded).
 DLQ_MAX_ORIGINAL_BYTES = 256 * 1024
+
+
+def dlq_original_limit(max_request_bytes: int) -> int:
+    """How much of an original a DLQ record can keep: base64 takes 4/3 of it, the key and fields the rest."""
+    return max(1024, min(DLQ_MAX_ORIGINAL_BYTES, (max_request_bytes - RECORD_OVERHEAD_BYTES) * 3 // 4))
 
 
 def _reject_constant(name: str) -> Any:
@@ -170,9 +200,39 @@ def dumps(doc: Any) -> bytes:
         return orjson.dumps(_plain_numbers(doc))
 
 
-def _dlq(rec: Record, reason: str, detail: str, dlq_topic: str, worker_id: str) -> Outgoing:
+def record_size(rec: Record) -> int:
+    """Bytes of value, key and headers: what the input costs, and a bound on what its output will carry."""
+    size = len(rec.value or b"") + len(rec.key or b"")
+    for name, value in rec.headers:
+        size += len(name) + len(value or b"")
+    return size
+
+
+def entity_from_key(key: bytes) -> str:
+    """The Kafka key as the entity, capped at ``ENTITY_MAX_CHARS`` like the ``entity`` field. A longer key keeps
+    its start and gets a hash of the whole key, so two long keys never become the same entity (the ``hold_last``
+    fallback is kept per entity)."""
+    text = key.decode("utf-8", "replace")
+    if len(text) <= ENTITY_MAX_CHARS:
+        return text
+    return f"{text[: ENTITY_MAX_CHARS - 24]}…sha256:{hashlib.sha256(key).hexdigest()[:16]}"
+
+
+def _dlq_key(key: bytes | None) -> tuple[bytes | None, dict[str, Any]]:
+    """Kafka key and JSON fields for the source key of a DLQ record, bounded whatever the key's size."""
+    if key is None:
+        return None, {"key": None}
+    if len(key) <= DLQ_KAFKA_KEY_MAX_BYTES:
+        return key, {"key": key.decode("utf-8", "replace")}
+    digest = hashlib.sha256(key).hexdigest()
+    return digest.encode(), {"key": entity_from_key(key), "key_size": len(key), "key_sha256": digest}
+
+
+def _dlq(
+    rec: Record, reason: str, detail: str, dlq_topic: str, worker_id: str, max_original: int = DLQ_MAX_ORIGINAL_BYTES
+) -> Outgoing:
     raw = rec.value or b""
-    kept = raw[:DLQ_MAX_ORIGINAL_BYTES]
+    kept = raw[:max_original]
     truncated = len(kept) < len(raw)
     try:
         text: str | None = None if truncated else raw.decode("utf-8")
@@ -190,14 +250,46 @@ def _dlq(rec: Record, reason: str, detail: str, dlq_topic: str, worker_id: str) 
         "topic": rec.topic,
         "partition": rec.partition,
         "offset": rec.offset,
-        "key": rec.key.decode("utf-8", "replace") if rec.key is not None else None,
         "worker_id": worker_id,
     }
-    headers = (
-        ("zeroproof-reason", reason.encode()),
-        ("zeroproof-source", f"{rec.topic}:{rec.partition}:{rec.offset}".encode()),
-    )
-    return Outgoing(dlq_topic, rec.key, dumps(doc), headers)
+    kafka_key, key_fields = _dlq_key(rec.key)
+    doc.update(key_fields)
+    source = f"{rec.topic}:{rec.partition}:{rec.offset}"
+    headers = (("zeroproof-reason", reason.encode()), ("zeroproof-source", source.encode()))
+    return Outgoing(dlq_topic, kafka_key, dumps(doc), headers, "dlq", source)
+
+
+def replace_refused(out: Outgoing, error: BaseException, dlq_topic: str, worker_id: str) -> Outgoing:
+    """What to send instead of a record the broker refused for good, so that its batch can become durable instead
+    of being re-sent forever: a small DLQ record naming the source and the refused record's size and sha256
+    (reason ``output_too_large``, or ``output_refused`` when the broker found it invalid, e.g. against a topic
+    schema), or for a stats record the same counts without the label breakdown."""
+    if out.kind == "stats":
+        doc = orjson.loads(out.value)
+        doc["by_label"] = {}
+        doc["by_label_dropped"] = True
+        return Outgoing(out.topic, out.key, dumps(doc), out.headers, out.kind, out.source)
+    topic, partition, offset = (out.source or "::-1").rsplit(":", 2)
+    key, key_fields = _dlq_key(out.key)
+    reason = "output_too_large" if isinstance(error, RecordRefusedError) and error.too_large else "output_refused"
+    doc = {
+        "schema": DLQ_SCHEMA,
+        "reason": reason,
+        "detail": f"the {out.kind} record for {out.topic} ({len(out.value)} bytes) was refused: {error}"[:500],
+        "original_b64": "",
+        "original_text": None,
+        "original_size": len(out.value),
+        "original_truncated": True,
+        "original_sha256": hashlib.sha256(out.value).hexdigest(),
+        "refused_kind": out.kind,
+        "topic": topic,
+        "partition": int(partition) if partition else -1,
+        "offset": int(offset),
+        "worker_id": worker_id,
+        **key_fields,
+    }
+    headers = (("zeroproof-reason", reason.encode()), ("zeroproof-source", (out.source or "").encode()))
+    return Outgoing(dlq_topic, key, dumps(doc), headers, "dlq", out.source)
 
 
 def _features_array(rows: Sequence[list[float | int | None]], width: int) -> np.ndarray:
@@ -256,9 +348,13 @@ class PipelineConfig:
     worker_id: str
     stats_labels: Sequence[str] = ()
     shadow_pairs: Sequence[tuple[float, float | None]] = ()
-    #: inputs above this go to the DLQ as ``too_large``: their output (which echoes labels) or review record
-    #: could exceed a produce request (1 MiB), be refused for good, and stall the partition.
+    #: inputs above this (value, key and headers together) go to the DLQ as ``too_large``: their output (which
+    #: echoes labels and keeps the key) or review record could exceed a produce request (1 MiB).
     max_message_bytes: int = 256 * 1024
+    #: distinct values per stats label and batch before the rest are pooled as ``__other__``.
+    stats_max_label_values: int = 100
+    #: how much of a malformed input a DLQ record keeps (see :func:`dlq_original_limit`).
+    dlq_max_original_bytes: int = DLQ_MAX_ORIGINAL_BYTES
 
 
 def process_batch(
@@ -288,7 +384,7 @@ def process_batch(
         out.spans[f"{topic}:{partition}"] = [lo, hi]
 
     def to_dlq(rec: Record, reason: str, detail: str) -> None:
-        out.sends.append(_dlq(rec, reason, detail, cfg.dlq_topic, cfg.worker_id))
+        out.sends.append(_dlq(rec, reason, detail, cfg.dlq_topic, cfg.worker_id, cfg.dlq_max_original_bytes))
         out.dlq[reason] = out.dlq.get(reason, 0) + 1
 
     # 1. parse + validate (pydantic-core parses the JSON itself: one pass, strict, NaN literals rejected)
@@ -298,8 +394,9 @@ def process_batch(
         if not rec.value:
             to_dlq(rec, "empty", "message has no value")
             continue
-        if len(rec.value) > cfg.max_message_bytes:
-            to_dlq(rec, "too_large", f"{len(rec.value)} bytes, the limit is {cfg.max_message_bytes}")
+        size = record_size(rec)
+        if size > cfg.max_message_bytes:
+            to_dlq(rec, "too_large", f"{size} bytes with key and headers, the limit is {cfg.max_message_bytes}")
             continue
         try:
             msg = validate(rec.value)
@@ -345,7 +442,8 @@ def _infer_group(
         failed_set = set(failed)
         for i in failed:
             rec = group[i][0]
-            out.sends.append(_dlq(rec, "model_error", "the model raised on this input", cfg.dlq_topic, cfg.worker_id))
+            detail = "the model raised on this input"
+            out.sends.append(_dlq(rec, "model_error", detail, cfg.dlq_topic, cfg.worker_id, cfg.dlq_max_original_bytes))
             out.dlq["model_error"] = out.dlq.get("model_error", 0) + 1
         keep = [i for i in range(len(group)) if i not in failed_set]
         idx = torch.tensor(keep, dtype=torch.long, device=N.device)
@@ -388,7 +486,7 @@ def _infer_group(
     for i, (rec, msg) in enumerate(group):
         status = "bottom" if rb_l[i] else ("gap" if rg_l[i] else "ok")
         value = decoded_l[i]
-        entity = msg.entity if msg.entity is not None else (rec.key.decode("utf-8", "replace") if rec.key else None)
+        entity = msg.entity if msg.entity is not None else (entity_from_key(rec.key) if rec.key else None)
         action = policy[status]
         controller: str | None = None
         fb_value: list[float] | None = None
@@ -439,7 +537,8 @@ def _infer_group(
             "ts": msg.ts,
             "labels": msg.labels,
         }
-        sends.append(Outgoing(cfg.output_topic, rec.key, dumps(doc)))
+        source = f"{rec.topic}:{rec.partition}:{rec.offset}"
+        sends.append(Outgoing(cfg.output_topic, rec.key, dumps(doc), (), "output", source))
         out.input_timestamps_ms.append(rec.timestamp_ms)
         if external:
             req = {
@@ -452,7 +551,7 @@ def _infer_group(
                 "gap": gap_l[i],
                 **provenance,
             }
-            sends.append(Outgoing(cfg.fallback_topic, rec.key, dumps(req)))
+            sends.append(Outgoing(cfg.fallback_topic, rec.key, dumps(req), (), "fallback", source))
         if status == "bottom":
             assert N_cpu is not None
             assert D_cpu is not None
@@ -470,7 +569,6 @@ def _infer_group(
                 **provenance,
                 "recorded_at": now,
             }
-            source = f"{rec.topic}:{rec.partition}:{rec.offset}"
             out.reviews.append(ReviewItem(msg.id, source, dumps(review), now))
             out.bottoms.append(BottomEvent(msg.id, entity, rec.topic, rec.partition, rec.offset, sum(bottom_l[i])))
         if labels_wanted:
@@ -478,7 +576,11 @@ def _infer_group(
                 lv = msg.labels.get(name)
                 if lv is None:
                     continue
-                c = out.by_label.setdefault(name, {}).setdefault(lv, Counts())
+                values = out.by_label.setdefault(name, {})
+                lv = lv[:STATS_LABEL_VALUE_MAX_CHARS]
+                if lv not in values and len(values) >= cfg.stats_max_label_values:
+                    lv = OTHER_LABEL_VALUE
+                c = values.setdefault(lv, Counts())
                 c.total += 1
                 c.bottom += status == "bottom"
                 c.gap += status == "gap"

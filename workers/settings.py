@@ -20,10 +20,12 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from zeroproof.utils.settings import ENV_PREFIX, load_settings_from, settings_arg_parser
+from zeroproof.utils.settings import ENV_PREFIX, NamedSettingError, load_settings_from, settings_arg_parser
 from zeroproof.utils.settings import SettingsError as SettingsError  # re-exported for callers
 
 Policy = Literal["accept", "fallback", "reject"]
+#: Room kept in a produce request for what a record adds to its input's bytes (output fields, DLQ fields).
+RECORD_OVERHEAD_BYTES = 16 * 1024
 FALLBACK_KINDS = ("hold_last", "constant", "external")
 
 
@@ -126,6 +128,11 @@ class WorkerSettings(BaseSettings):
     producer_linger_ms: int = Field(default=0, ge=0)
     producer_batch_size: int = Field(default=262_144, ge=1024)
     producer_acks: Literal["all", "1"] = "all"
+    producer_max_request_bytes: int = Field(
+        default=2**20,
+        ge=64 * 1024,
+        description="largest record the worker produces (the broker's message.max.bytes must allow it)",
+    )
     producer_stall_s: float = Field(default=5.0, gt=0, description="unacked sends this old: flush, then new producer")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
@@ -158,15 +165,24 @@ class WorkerSettings(BaseSettings):
     fallback_max_age_s: float = Field(default=5.0, gt=0)
     fallback_constant: str = ""
     fallback_max_entities: int = Field(default=100_000, ge=1)
+    fallback_max_bytes: int = Field(
+        default=64 * 2**20, ge=2**16, description="memory bound of hold_last (entities + values), bytes"
+    )
 
     # --- observability
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     kafka_log_level: Literal["debug", "info", "warning", "error"] = "warning"
     bottom_log_rate: float = Field(default=10.0, ge=0, description="⊥ log events per second; the rest counted")
     max_message_bytes: int = Field(
-        default=256 * 1024, ge=1024, le=900 * 1024, description="larger inputs go to the DLQ as too_large"
+        default=256 * 1024,
+        ge=1024,
+        le=900 * 1024,
+        description="larger inputs (value + key + headers) go to the DLQ as too_large",
     )
     stats_labels: str = ""
+    stats_max_label_values: int = Field(
+        default=100, ge=1, le=10_000, description="distinct values per stats label and batch; the rest pooled"
+    )
     shadow_thresholds: str = ""
 
     # --- hot reload
@@ -253,6 +269,12 @@ class WorkerSettings(BaseSettings):
             raise ValueError("fallback_controllers names 'constant' but ZEROPROOF_FALLBACK_CONSTANT is empty")
         if self.kafka_security_protocol.startswith("SASL") and self.kafka_sasl_mechanism is None:
             raise ValueError("kafka_security_protocol SASL_* needs ZEROPROOF_KAFKA_SASL_MECHANISM")
+        if self.max_message_bytes + RECORD_OVERHEAD_BYTES > self.producer_max_request_bytes:
+            raise NamedSettingError(
+                "max_message_bytes",
+                f"must leave {RECORD_OVERHEAD_BYTES} bytes below ZEROPROOF_PRODUCER_MAX_REQUEST_BYTES "
+                f"({self.producer_max_request_bytes}): an output carries its input's key and labels",
+            )
         if self.drain_timeout_s * 1000 >= self.max_poll_interval_ms:
             raise ValueError("drain_timeout_s must stay below max_poll_interval_ms")
         return self

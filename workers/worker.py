@@ -20,7 +20,17 @@ from workers.checkpoint import Checkpoint
 from workers.fallback import FallbackChain
 from workers.metrics import WorkerMetrics
 from workers.model import ModelLoadError, ModelRuntime, changed_on_disk, load_runtime
-from workers.pipeline import BatchOutcome, BottomEvent, Outgoing, PipelineConfig, Routing, process_batch, stats_message
+from workers.pipeline import (
+    BatchOutcome,
+    BottomEvent,
+    Outgoing,
+    PipelineConfig,
+    Routing,
+    dlq_original_limit,
+    process_batch,
+    replace_refused,
+    stats_message,
+)
 from workers.review import ReviewSink
 from workers.settings import WorkerSettings
 from workers.transport.base import Consumer, Producer, Record, TopicPartition
@@ -116,20 +126,16 @@ class Worker:
             stats_labels=settings.stats_label_names,
             shadow_pairs=settings.shadow_pairs,
             max_message_bytes=settings.max_message_bytes,
+            stats_max_label_values=settings.stats_max_label_values,
+            dlq_max_original_bytes=dlq_original_limit(settings.producer_max_request_bytes),
         )
-        kinds = {
-            settings.output_topic: "output",
-            settings.dlq_topic: "dlq",
-            settings.fallback_topic: "fallback",
-            settings.stats_topic: "stats",
-        }
         self.checkpoint = Checkpoint(
             consumer,
             producer,
             reviews,
             metrics,
             log,
-            lambda t: kinds.get(t, "other"),
+            lambda out, err: replace_refused(out, err, settings.dlq_topic, settings.worker_id),
             producer_factory=producer_factory,
             stall_s=settings.producer_stall_s,
         )
@@ -277,7 +283,7 @@ class Worker:
         out: BatchOutcome = process_batch(buf.records, self.runtime, self.routing, self.pcfg)
         self.batches += 1
         stats = stats_message(out, self.s.worker_id, buf.first_wall, time.time(), self.batches)
-        extra = [Outgoing(self.s.stats_topic, self.s.worker_id.encode(), stats)]
+        extra = [Outgoing(self.s.stats_topic, self.s.worker_id.encode(), stats, (), "stats")]
         self.prepared = _Prepared(buf.records, out, extra, t_start - buf.first_at, time.monotonic() - t_start)
 
     def submit_prepared(self) -> None:

@@ -3,6 +3,22 @@
 ``base`` defines the interface, ``kafka`` implements it with kafka-python, ``memory`` in-process (unit tests).
 """
 
-from workers.transport.base import Consumer, DeliveryHandle, Producer, RebalanceListener, Record, TopicPartition
+from workers.transport.base import (
+    Consumer,
+    DeliveryHandle,
+    Producer,
+    RebalanceListener,
+    Record,
+    RecordRefusedError,
+    TopicPartition,
+)
 
-__all__ = ["Consumer", "DeliveryHandle", "Producer", "RebalanceListener", "Record", "TopicPartition"]
+__all__ = [
+    "Consumer",
+    "DeliveryHandle",
+    "Producer",
+    "RebalanceListener",
+    "Record",
+    "RecordRefusedError",
+    "TopicPartition",
+]

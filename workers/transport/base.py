@@ -6,6 +6,16 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 
+class RecordRefusedError(Exception):
+    """The client or the broker refused a record for good (larger than it accepts, invalid): sending it again
+    cannot succeed. Transports report such failures as this type, so the checkpoint can replace the record
+    instead of re-sending it forever (which stalled the partition)."""
+
+    def __init__(self, message: str, too_large: bool) -> None:
+        super().__init__(message)
+        self.too_large = too_large
+
+
 class TopicPartition(NamedTuple):
     topic: str
     partition: int

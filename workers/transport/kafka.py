@@ -10,7 +10,12 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import (
+    InvalidRecordError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
@@ -20,7 +25,7 @@ except ImportError:  # kafka-python 2.x: listeners run inside poll() on the call
     AsyncConsumerRebalanceListener = None
 
 from workers.settings import WorkerSettings
-from workers.transport.base import DeliveryHandle, RebalanceListener, Record, TopicPartition
+from workers.transport.base import DeliveryHandle, RebalanceListener, Record, RecordRefusedError, TopicPartition
 
 #: kafka-python >= 3 bounds each bootstrap attempt; 2.x has no such setting (and refuses unknown ones).
 _HAS_BOOTSTRAP_TIMEOUT = "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG
@@ -248,6 +253,19 @@ class KafkaConsumerTransport:
         self._consumer.close(autocommit=False)
 
 
+#: kafka-python errors after which re-sending the same record cannot succeed.
+_REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
+
+
+def _classified(exc: BaseException) -> BaseException:
+    if isinstance(exc, _REFUSED_FOR_GOOD):
+        too_large = not isinstance(exc, InvalidRecordError)
+        refused = RecordRefusedError(f"{type(exc).__name__}: {exc}", too_large)
+        refused.__cause__ = exc
+        return refused
+    return exc
+
+
 class _KafkaHandle:
     __slots__ = ("_future",)
 
@@ -261,7 +279,7 @@ class _KafkaHandle:
         if not self._future.is_done:
             return None
         exc = self._future.exception
-        return exc if isinstance(exc, BaseException) else None
+        return _classified(exc) if isinstance(exc, BaseException) else None
 
 
 class _FailedHandle:
@@ -327,6 +345,7 @@ class KafkaProducerTransport:
             batch_size=settings.producer_batch_size,
             max_block_ms=10_000,
             retries=5,
+            max_request_size=settings.producer_max_request_bytes,
             **connection_config(settings),
             **security_config(settings),
         )
@@ -338,8 +357,8 @@ class KafkaProducerTransport:
         try:
             partition = self._partitioner(topic, key) if key is not None else None
             fut = self._producer.send(topic, value=value, key=key, headers=list(headers) or None, partition=partition)
-        except Exception as exc:  # buffer full past max_block_ms, serialization, closed producer...
-            return _FailedHandle(exc)
+        except Exception as exc:  # too large, buffer full past max_block_ms, serialization, closed producer...
+            return _FailedHandle(_classified(exc))
         return _KafkaHandle(fut)
 
     def warm(self, topics: Sequence[str], timeout_s: float = 30.0) -> dict[str, int]:

@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from workers.transport.base import DeliveryHandle, RebalanceListener, Record, TopicPartition
+from workers.transport.base import DeliveryHandle, RebalanceListener, Record, RecordRefusedError, TopicPartition
 
 
 @dataclass
@@ -21,6 +21,8 @@ class InMemoryBroker:
     committed: dict[tuple[str, TopicPartition], int] = field(default_factory=dict)
     hold_sends: bool = False
     fail_next_sends: int = 0
+    #: records larger than this (key + value) are refused for good, like a broker's message.max.bytes
+    max_record_bytes: int | None = None
     pending: list[_MemHandle] = field(default_factory=list)
 
     def topic(self, name: str) -> list[list[Record]]:
@@ -134,7 +136,11 @@ class InMemoryProducer:
         self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] = ()
     ) -> DeliveryHandle:
         h = _MemHandle((topic, key, value, tuple(headers)))
-        if self.broker.fail_next_sends > 0:
+        limit = self.broker.max_record_bytes
+        if limit is not None and len(value) + len(key or b"") > limit:
+            h.exc = RecordRefusedError(f"{len(value) + len(key or b'')} bytes, the broker accepts {limit}", True)
+            h.is_done = True
+        elif self.broker.fail_next_sends > 0:
             self.broker.fail_next_sends -= 1
             h.exc = RuntimeError("injected send failure")
             h.is_done = True
