@@ -182,3 +182,77 @@ def test_invalid_output_found_on_a_batch_goes_to_dlq_logged_once_and_reload_fixe
             "outputs_after_refused_reload_same_version": 10,
         },
     )
+
+
+_OLD_POLISH = (
+    "import functools, sys; import zeroproof.training.arm as a; "
+    "from zeroproof.training.polish import polish_rational_head as p; "
+    "a.polish_rational_head = functools.partial(p, max_resolves=0); "
+    "from zeroproof.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def _max_abs_d(bundle: Path) -> dict[str, float]:
+    import torch
+
+    from zeroproof.export import load_servable
+    from zeroproof.models.arm import ArmIKProjective
+
+    model = load_servable(bundle).model
+    with torch.no_grad():
+        return {name: float(model(x)[1].abs().max()) for name, x in ArmIKProjective.singular_sets(500).items()}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_train_arm_small_budget_checks_every_singular_set(tmp_path: Path) -> None:
+    """``zeroproof train-arm --max-steps 300`` as a process: ⊥ on θ2 = 0 and ±π, exit 0. With the polish as it was
+    (no re-solve, ``max_resolves=0``) the same run gives the issue's bundle (θ2 = ±π finite): it now exits 1 with
+    one stderr line naming both sets, and writes no bundle."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZEROPROOF_")}
+    args = ["train-arm", "--max-steps", "300", "--seconds", "60"]
+    good = tmp_path / "arm.zpb"
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, "-m", "zeroproof", *args, "--out", str(good)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    seconds = time.monotonic() - t0
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("PASS  singular_set[") == 3 and "FAIL" not in p.stdout, p.stdout
+    steps = int(p.stdout.split(" SGD steps")[0].split()[-1])
+    max_d = _max_abs_d(good)
+    assert all(v < 1e-6 for v in max_d.values()), max_d
+
+    bad = tmp_path / "arm-old-polish.zpb"
+    q = subprocess.run(
+        [sys.executable, "-c", _OLD_POLISH, *args, "--out", str(bad)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    lines = q.stderr.strip().splitlines()
+    assert q.returncode == 1, q.stdout + q.stderr
+    assert len(lines) == 1 and "Traceback" not in q.stderr, q.stderr
+    assert "θ2 = +π [" in lines[0] and "θ2 = −π [" in lines[0] and "θ2 = 0 [" not in lines[0], lines[0]
+    assert not bad.exists() and "wrote bundle" not in q.stdout
+    record_part(
+        "train_arm",
+        {
+            "command": "zeroproof train-arm --max-steps 300 --seconds 60",
+            "steps": steps,
+            "seconds": round(seconds, 1),
+            "exit_code": 0,
+            "max_abs_D_on_singular_sets": {k: float(f"{v:.3g}") for k, v in max_d.items()},
+            "tau_infer": 1e-6,
+            "old_polish_exit_code": 1,
+            "old_polish_bundle_written": False,
+            "old_polish_stderr": lines[0].replace(str(tmp_path), "TMP"),
+        },
+    )
