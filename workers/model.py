@@ -28,6 +28,53 @@ class RowError(Exception):
     """The model raised on one input row (not an out-of-memory): that input goes to the DLQ."""
 
 
+class ModelOutputError(Exception):
+    """The model ran but its output breaks the serving contract (N and D of one shape, ``(B,)`` or ``(B, K)``).
+
+    A model error, never the input's: the load-time probe turns it into a :class:`ModelLoadError` (exit 2, or
+    ``reload_failed`` on a hot reload); found later on a batch, the batch's inputs go to the DLQ as
+    ``model_output_invalid`` and the worker keeps running.
+    """
+
+
+def _shape(t: Tensor) -> str:
+    return "(" + ", ".join(str(int(n)) for n in t.shape) + ")"
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {_shape(value)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def check_output(out: object, rows: int) -> tuple[Tensor, Tensor]:
+    """``(N, D)`` as two ``(rows, K)`` floating tensors (a ``(rows,)`` pair becomes ``(rows, 1)``), or a
+    :class:`ModelOutputError` saying in one line what the model returned instead."""
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise ModelOutputError(f"the model must return a pair (N, D); it returned {_describe(out)}")
+    N, D = out[0], out[1]
+    if not isinstance(N, Tensor) or not isinstance(D, Tensor):
+        raise ModelOutputError(f"N and D must be tensors; the model returned {_describe(N)} and {_describe(D)}")
+    if not (N.is_floating_point() and D.is_floating_point()):
+        raise ModelOutputError(f"N and D must be floating point; the model returned {N.dtype} and {D.dtype}")
+    if N.shape != D.shape:
+        raise ModelOutputError(
+            f"N {_shape(N)} and D {_shape(D)} differ in shape (batch of {rows}); "
+            "N and D must have the same shape, (B,) or (B, K)"
+        )
+    if N.dim() not in (1, 2) or N.shape[0] != rows:
+        raise ModelOutputError(
+            f"N and D have shape {_shape(N)}, rank {N.dim()}, for a batch of B = {rows}; expected (B,) or (B, K)"
+        )
+    if N.dim() == 1:
+        N, D = N.unsqueeze(1), D.unsqueeze(1)
+    if N.shape[1] == 0:
+        raise ModelOutputError(f"N and D have shape {_shape(N)}: no output element per input row")
+    return N, D
+
+
 def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -78,38 +125,58 @@ class ModelRuntime:
     file_fingerprint: tuple[float, int]
     thresholds_fingerprint: tuple[float, int] | None
     _probed: dict[int, bool] = field(default_factory=dict)
+    #: widths on which the model ran but returned an invalid output (the error, raised again on every batch)
+    _invalid: dict[int, ModelOutputError] = field(default_factory=dict)
 
     @property
     def model_version(self) -> str:
         return self.servable.model_version
 
     def accepts_width(self, width: int) -> bool:
-        """Feature count check; for TorchScript (no stored width) the first width the model runs on wins."""
+        """Feature count check; for TorchScript (no stored width) the first width the model runs on wins.
+
+        Raises :class:`ModelOutputError` when the model runs on ``width`` features but returns an invalid output:
+        that is the model's fault, not the input's (``wrong_feature_count`` would blame the input).
+        """
         if self.in_features is not None:
             return width == self.in_features
+        if width in self._invalid:
+            raise self._invalid[width]
         if width not in self._probed:
             try:
-                self._forward(torch.zeros((1, width), dtype=torch.float32))
-                ok = True
-            except Exception:
-                ok = False
+                ok = self.probe(width)
+            except ModelOutputError as exc:
+                self._invalid[width] = exc
+                raise
             self._probed[width] = ok
             if ok:
                 self.in_features = width
         return self._probed[width]
 
+    def probe(self, width: int) -> bool:
+        """Run the model on 1 and on 2 rows of zeros of ``width`` features: ``False`` if it cannot take that
+        width (it raises on one row); :class:`ModelOutputError` if it runs but its output breaks the contract
+        (wrong rank, N and D of different shapes, no batch dimension) or it takes one row but not two."""
+        try:
+            self._forward(torch.zeros((1, width), dtype=torch.float32))
+        except (ModelOutputError, torch.cuda.OutOfMemoryError):
+            raise
+        except Exception:
+            return False
+        try:
+            self._forward(torch.zeros((2, width), dtype=torch.float32))
+        except (ModelOutputError, torch.cuda.OutOfMemoryError):
+            raise
+        except Exception as exc:
+            first = str(exc).strip().splitlines()
+            why = first[0][:200] if first else type(exc).__name__
+            raise ModelOutputError(f"the model runs on 1 input row but raises on 2 ({why})") from None
+        return True
+
     def _forward(self, x_cpu: Tensor) -> tuple[Tensor, Tensor]:
         with torch.inference_mode():
             x = x_cpu.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else x_cpu
-            out = self.servable.model(x)
-            if not isinstance(out, (tuple, list)) or len(out) != 2:
-                raise TypeError("model must return (N, D)")
-            N, D = out[0], out[1]
-            if N.dim() == 1:
-                N, D = N.unsqueeze(1), D.unsqueeze(1)
-            if N.shape != D.shape or N.shape[0] != x.shape[0]:
-                raise TypeError(f"model returned N{tuple(N.shape)} and D{tuple(D.shape)} for {x.shape[0]} rows")
-            return N, D
+            return check_output(self.servable.model(x), int(x.shape[0]))
 
     def forward(self, x: np.ndarray) -> tuple[Tensor, Tensor, list[int]]:
         """``(N, D, failed_rows)`` for ``x`` (B, F) float32. Rows of N/D for failed rows are NaN.
@@ -136,6 +203,8 @@ class ModelRuntime:
             N, D = self._forward(x)
             parts.append((start, N, D))
             return
+        except ModelOutputError:
+            raise  # the whole model is wrong, not one row: no bisection
         except torch.cuda.OutOfMemoryError:
             if x.shape[0] == 1:
                 raise
@@ -154,8 +223,52 @@ def fingerprint(path: Path) -> tuple[float, int]:
     return (st.st_mtime, st.st_size)
 
 
-def load_runtime(settings: WorkerSettings, device: torch.device | None = None) -> ModelRuntime:
-    """Load what ``ZEROPROOF_MODEL`` names; raises :class:`ModelLoadError` with a one-line reason."""
+#: Feature counts tried at load when a TorchScript file stores none (after the width being served, on a reload,
+#: and the input widths of the module's 2-D weights): enough to find the width of any small model.
+PROBE_WIDTHS = tuple(range(1, 17))
+
+
+def _candidate_widths(model: torch.nn.Module, hint: int | None) -> list[int]:
+    seen: list[int] = [hint] if hint is not None else []
+    try:
+        params = list(model.parameters())
+    except Exception:
+        params = []
+    for p in params:
+        if p.dim() == 2 and len(seen) < 8:
+            seen.append(int(p.shape[1]))
+    seen.extend(PROBE_WIDTHS)
+    return [w for i, w in enumerate(seen) if w > 0 and w not in seen[:i]]
+
+
+def check_model_output(runtime: ModelRuntime, width_hint: int | None = None) -> int | None:
+    """The load-time check: run a 1- and a 2-row probe and raise :class:`ModelLoadError` (one line) if the
+    model's output breaks the contract. With a known width (a bundle's ``in_features``, or ``width_hint``) that
+    width is probed; otherwise candidate widths until the model runs on one. Returns the width checked (``None``
+    when the model ran on none of them: the first batch checks, and its inputs go to the DLQ as
+    ``model_output_invalid`` if the output is wrong). A model that merely raises on zeros is not refused here.
+    """
+    widths = [runtime.in_features] if runtime.in_features is not None else []
+    if not widths:
+        widths = _candidate_widths(runtime.servable.model, width_hint)
+    for width in widths:
+        try:
+            if runtime.probe(width):
+                return width
+        except ModelOutputError as exc:
+            raise ModelLoadError(
+                f"model {runtime.servable.path}: invalid output on a {width}-feature input: {exc}"
+            ) from None
+        except torch.cuda.OutOfMemoryError:
+            return None
+    return None
+
+
+def load_runtime(
+    settings: WorkerSettings, device: torch.device | None = None, *, width_hint: int | None = None
+) -> ModelRuntime:
+    """Load what ``ZEROPROOF_MODEL`` names and probe its output (:func:`check_model_output`); raises
+    :class:`ModelLoadError` with a one-line reason. ``width_hint``: the feature count being served (a reload)."""
     if settings.model is None:
         raise ModelLoadError("no model: set ZEROPROOF_MODEL (a bundle or a TorchScript file)")
     dev = device or pick_device(settings.device)
@@ -176,7 +289,9 @@ def load_runtime(settings: WorkerSettings, device: torch.device | None = None) -
     )
     config = resolve_config(settings, servable.config)
     tfp = fingerprint(settings.thresholds_file) if settings.thresholds_file is not None else None
-    return ModelRuntime(servable, config, dev, servable.in_features, fp, tfp)
+    runtime = ModelRuntime(servable, config, dev, servable.in_features, fp, tfp)
+    check_model_output(runtime, width_hint)
+    return runtime
 
 
 def changed_on_disk(runtime: ModelRuntime, settings: WorkerSettings) -> bool:
@@ -193,9 +308,12 @@ def changed_on_disk(runtime: ModelRuntime, settings: WorkerSettings) -> bool:
 
 __all__ = [
     "ModelLoadError",
+    "ModelOutputError",
     "ModelRuntime",
     "RowError",
     "changed_on_disk",
+    "check_model_output",
+    "check_output",
     "file_sha256",
     "load_runtime",
     "pick_device",

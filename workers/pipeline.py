@@ -33,7 +33,7 @@ from workers.messages import (
     ShadowCounts,
     StatsMessage,
 )
-from workers.model import ModelRuntime
+from workers.model import ModelOutputError, ModelRuntime
 from workers.settings import RECORD_OVERHEAD_BYTES
 from workers.transport.base import Record, RecordRefusedError, TopicPartition
 from zeroproof.inference import InferenceConfig, strict_inference
@@ -48,6 +48,7 @@ DLQ_REASONS = (
     "too_large",
     "wrong_feature_count",
     "model_error",
+    "model_output_invalid",
     "output_too_large",
     "output_refused",
 )
@@ -128,6 +129,9 @@ class BatchOutcome:
     input_timestamps_ms: list[int] = field(default_factory=list)
     #: ``{"topic:partition": [first_offset, last_offset]}`` covered by the batch.
     spans: dict[str, list[int]] = field(default_factory=dict)
+    #: ``(error, inputs)`` per input group whose model output broke the contract (they went to the DLQ as
+    #: ``model_output_invalid``); the worker logs them, rate-limited.
+    model_output_errors: list[tuple[str, int]] = field(default_factory=list)
 
 
 def _classify(exc: ValidationError) -> tuple[str, str]:
@@ -410,12 +414,19 @@ def process_batch(
         by_width.setdefault(len(msg.features), []).append((rec, msg))
 
     for width, group in by_width.items():
-        if not runtime.accepts_width(width):
-            expected = runtime.in_features
+        try:
+            if not runtime.accepts_width(width):
+                expected = runtime.in_features
+                for rec, _ in group:
+                    to_dlq(rec, "wrong_feature_count", f"got {width} features, the model expects {expected}")
+                continue
+            _infer_group(group, width, runtime, routing, cfg, out, now)
+        except ModelOutputError as exc:
+            # The model's output breaks the contract (found on a batch, not at load): the model's fault, never
+            # the inputs'. Nothing of the group reached ``out`` yet (the forward comes first in _infer_group).
             for rec, _ in group:
-                to_dlq(rec, "wrong_feature_count", f"got {width} features, the model expects {expected}")
-            continue
-        _infer_group(group, width, runtime, routing, cfg, out, now)
+                to_dlq(rec, "model_output_invalid", str(exc))
+            out.model_output_errors.append((str(exc), len(group)))
     return out
 
 

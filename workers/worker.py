@@ -81,6 +81,36 @@ class BottomLogLimiter:
             self.last_report = now
 
 
+class ModelErrorLog:
+    """``model_output_invalid`` errors: the first of each (model version, error) is logged at once, then at most
+    one line per ``every_s`` with the number of inputs sent to the DLQ since, so a broken model is said clearly
+    without one line per batch."""
+
+    def __init__(self, log: Any, every_s: float = 60.0) -> None:
+        self.log = log
+        self.every_s = every_s
+        self.last: dict[tuple[str, str], float] = {}
+        self.pending: dict[tuple[str, str], int] = {}
+
+    def __call__(self, errors: Sequence[tuple[str, int]], model_version: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for error, inputs in errors:
+            key = (model_version, error)
+            self.pending[key] = self.pending.get(key, 0) + inputs
+            last = self.last.get(key)
+            if last is None or now - last >= self.every_s:
+                self.log.error(
+                    "model_output_invalid",
+                    model_version=model_version,
+                    error=error,
+                    inputs_to_dlq=self.pending.pop(key),
+                    first=last is None,
+                    message="the model's output breaks the serving contract: its inputs go to the DLQ "
+                    "(reason model_output_invalid); deploy a fixed model (hot reload) and replay them",
+                )
+                self.last[key] = now
+
+
 @dataclass
 class _Prepared:
     records: list[Record]
@@ -140,7 +170,11 @@ class Worker:
             stall_s=settings.producer_stall_s,
         )
         self.bottom_log = BottomLogLimiter(log, metrics, settings.bottom_log_rate)
-        self.reloader = reloader or (lambda: load_runtime(settings, device=self.runtime.device))
+        # a reload probes the new model at the width being served (a TorchScript file stores none)
+        self.reloader = reloader or (
+            lambda: load_runtime(settings, device=self.runtime.device, width_hint=self.runtime.in_features)
+        )
+        self.model_error_log = ModelErrorLog(log)
         self.buffer: _Buffer | None = None
         self.prepared: _Prepared | None = None
         self.seek_pending: set[TopicPartition] = set()
@@ -298,6 +332,8 @@ class Worker:
             self.metrics.fallbacks(out.model_version, out.fallback_by)
         if out.bottoms:
             self.bottom_log(out.bottoms, out.model_version)
+        if out.model_output_errors:
+            self.model_error_log(out.model_output_errors, out.model_version)
 
     def dispatch(self) -> None:
         """Process and send the buffered batch now (tests and shutdown paths)."""
@@ -416,4 +452,4 @@ class Worker:
         return 0
 
 
-__all__ = ["BottomLogLimiter", "Worker"]
+__all__ = ["BottomLogLimiter", "ModelErrorLog", "Worker"]

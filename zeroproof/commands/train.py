@@ -103,7 +103,7 @@ def run_train_arm(args: argparse.Namespace) -> int:
     from zeroproof.export.bundle import save_bundle
     from zeroproof.models.arm import DEFAULT_L1, DEFAULT_L2, generate_arm_data, parameter_count
     from zeroproof.training.arm import evaluate_arm, heldout_summary, jsonable, train_arm, train_mlp_baseline
-    from zeroproof.training.validation import save_heldout
+    from zeroproof.training.validation import known_singular_sets, save_heldout, singular_set_checks
 
     _configure_logs(args.verbose)
     torch.set_num_threads(max(args.threads, 1))
@@ -130,6 +130,19 @@ def run_train_arm(args: argparse.Namespace) -> int:
         f"  {result.steps} SGD steps + closed-form head polish (accepted={polish.get('accepted')}) "
         f"in {result.seconds:.1f} s\n"
     )
+    # Every known singular set must decode to ⊥ before anything is written: a bundle that answers a finite joint
+    # velocity at a singular pose must never be deployed, nor reused by `zeroproof run` (which reuses --out).
+    singular = singular_set_checks(result.model, config, known_singular_sets(result.model))
+    for check in singular:
+        out.write(f"  {check.status.upper():<4}  {check.name}: {check.detail}\n")
+    failed = [c for c in singular if c.status == "fail"]
+    if failed:
+        sys.stderr.write(
+            "zeroproof train-arm: FAILED: outputs not ⊥ on singular set "
+            + ", ".join(f"{c.name.removeprefix('singular_set[').removesuffix(']')} [{c.detail}]" for c in failed)
+            + f"; no bundle written to {args.out}. Train longer (--max-steps, --seconds) or check --tau-infer.\n"
+        )
+        return 1
     provenance = result.trainer.provenance()
     provenance.update(
         {
@@ -139,6 +152,7 @@ def run_train_arm(args: argparse.Namespace) -> int:
             "train_steps": result.steps,
             "head_polish": polish,
             "seed": args.seed,
+            "singular_sets": {c.name: {"status": c.status, "detail": c.detail} for c in singular},
         }
     )
     manifest = save_bundle(

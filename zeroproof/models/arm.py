@@ -24,6 +24,11 @@ from zeroproof.models.registry import register_architecture
 DEFAULT_L1 = 1.0
 DEFAULT_L2 = 0.8
 
+#: Every known singular set of the arm (det J = l1·l2·sin θ2 = 0), each for any θ1 and any (dx, dy): θ2 = 0 (arm
+#: stretched) and θ2 = ±π (arm folded back). As float32 inputs ±π are ±3.1415927, 8.7e-8 beyond ±π: there
+#: |det J| = 7e-8, far below tau_infer = 1e-6, and the served output must be ⊥ as at θ2 = 0.
+ARM_SINGULAR_SETS: dict[str, float] = {"θ2 = 0": 0.0, "θ2 = +π": math.pi, "θ2 = −π": -math.pi}
+
 
 def angle_features(theta1: Tensor, theta2: Tensor) -> Tensor:
     """``[sin θ1, cos θ1, sin θ2, cos θ2, sin(θ1+θ2), cos(θ1+θ2)]`` along the last axis."""
@@ -56,6 +61,11 @@ class ArmIKProjective(nn.Module):
         self.denominator = nn.Linear(2 + denominator_hidden, 1 if shared_denominator else self.out_features)
         nn.init.zeros_(self.denominator.weight)  # δQ = 0 at init: D = 1, far from any pole
         nn.init.zeros_(self.denominator.bias)
+
+    @staticmethod
+    def singular_sets(n: int = 2000, seed: int = 0) -> dict[str, Tensor]:
+        """Inputs on every known singular set (:data:`ARM_SINGULAR_SETS`), where every output must be ⊥."""
+        return {name: arm_singular_poses(theta2, n, seed=seed) for name, theta2 in ARM_SINGULAR_SETS.items()}
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         theta1, theta2, d = x[:, 0], x[:, 1], x[:, 2:4]
@@ -120,6 +130,17 @@ def arm_ik_truth(x: Tensor, l1: float = DEFAULT_L1, l2: float = DEFAULT_L2) -> t
     y = torch.where(singular & (num < 0), torch.full_like(y, -math.inf), y)
     y = torch.where(singular & (num == 0), torch.full_like(y, math.nan), y)
     return num, det, y
+
+
+def arm_singular_poses(theta2: float, n: int = 2000, *, seed: int = 0) -> Tensor:
+    """``n`` float32 inputs ``(θ1, θ2, dx, dy)`` with θ2 fixed (a singular pose) and θ1, dx, dy uniform."""
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, 3, generator=g, dtype=torch.float64)
+    theta1 = (2 * u[:, 0] - 1) * math.pi
+    d = 2 * u[:, 1:3] - 1
+    return torch.stack([theta1, torch.full_like(theta1, theta2), d[:, 0], d[:, 1]], dim=-1).to(torch.float32)
 
 
 def generate_arm_data(

@@ -118,6 +118,9 @@ def train_arm(
             "fit_after": report.fit_after,
             "reason": report.reason,
             "parameters": report.parameters,
+            "resolves": report.resolves,
+            "mean_abs_d_before": report.scale_before,
+            "mean_abs_d_after": report.scale_after,
             "samples": min(polish_samples, n_train),
         }
         extra["val_after_polish"] = trainer.evaluate((x_val, y_val.float()))

@@ -9,6 +9,11 @@ least squares in float64 puts the zeros where the data say, to float precision.
 The projective scale is fixed by keeping ``mean(sign(D_now)·D)`` over finite targets (the current mean ``|D|``)
 at its current value (the trivial ⟨0, 0⟩ also has zero residual); weighting by the current signs also keeps the
 orientation the sign consistency loss chose (a plain mean of ``D`` can be ~0 for a ``D`` that changes sign).
+When SGD has not yet given D its sign changes (a short run: D ≈ 1 everywhere), that constraint is nearly a plain
+mean of the solved D, which is ~0, and the solve blows the scale up (×160 on the arm after 300 steps): the strict
+decode's ⊥ band |D| < tau_infer then shrinks by as much and float32 poses next to a pole (θ2 = ±π) come out finite.
+So the solve is repeated with the signs of the solved D itself until its mean ``|D|`` is within 2× of the
+intended one (one repeat on the arm; none when SGD already got the signs right).
 The polish is accepted only if the head really is linear in those parameters (checked numerically) and the
 implicit fit loss goes down; otherwise the model is left untouched.
 """
@@ -36,6 +41,11 @@ class PolishReport:
     fit_after: float
     reason: str
     parameters: int
+    #: solves repeated with the solved D's own signs to restore the intended scale (0: the first solve kept it)
+    resolves: int = 0
+    #: mean |D| over finite targets before the polish (the scale kept) and after it
+    scale_before: float = float("nan")
+    scale_after: float = float("nan")
 
 
 def _flat(params: dict[str, Tensor]) -> Tensor:
@@ -61,6 +71,7 @@ def polish_rational_head(
     singular_weight: float = 1.0,
     ridge: float = 1e-12,
     chunk: int = 4096,
+    max_resolves: int = 3,
 ) -> PolishReport:
     """Solve the weighted implicit least squares for ``head_parameters`` (names in ``model.named_parameters()``).
 
@@ -88,6 +99,30 @@ def polish_rational_head(
     v0 = 0.0
     n_finite = 0
     linear_err = 0.0
+
+    def sign_constraint(params: dict[str, Tensor]) -> tuple[Tensor, float]:
+        """``(v, v0)`` with ``v·θ + v0 = mean(sign(D(params))·D(θ))`` over finite targets."""
+        vs = torch.zeros(p, dtype=torch.float64)
+        vs0 = 0.0
+        for start in range(0, x64.shape[0], chunk):
+            xb = x64[start : start + chunk]
+            fin = targets.finite_mask[start : start + chunk].to(torch.float64)
+            _, jd = jacfwd(outputs)(base, xb)
+            Jd = torch.cat([jd[k].reshape(*jd[k].shape[:2], -1) for k in base], dim=-1)
+            cd = outputs(base, xb)[1] - Jd @ theta0
+            Ds = outputs(params, xb)[1]
+            sel = fin * torch.sign(Ds)
+            vs += (Jd * sel.unsqueeze(-1)).sum(dim=(0, 1))
+            vs0 += float((cd * sel).sum())
+        return vs / n_finite, vs0 / n_finite
+
+    def mean_abs_d(params: dict[str, Tensor]) -> float:
+        total = 0.0
+        for start in range(0, x64.shape[0], chunk):
+            fin = targets.finite_mask[start : start + chunk].to(torch.float64)
+            total += float((fin * outputs(params, x64[start : start + chunk])[1].abs()).sum())
+        return total / n_finite
+
     for start in range(0, x64.shape[0], chunk):
         xb = x64[start : start + chunk]
         tb = targets.select(torch.arange(start, min(start + chunk, x64.shape[0])))
@@ -127,15 +162,33 @@ def polish_rational_head(
     v0 /= n_finite
     m = float(v @ theta0) + v0  # current mean |D| over finite targets: keeps the scale and the orientation
     scale = float(M.diagonal().mean()) or 1.0
-    K = torch.zeros(p + 1, p + 1, dtype=torch.float64)
-    K[:p, :p] = 2 * M + 2 * ridge * scale * torch.eye(p, dtype=torch.float64)
-    K[:p, p] = v
-    K[p, :p] = v
-    rhs = torch.cat([-2 * g, torch.tensor([m - v0], dtype=torch.float64)])
-    solution = torch.linalg.lstsq(K, rhs.unsqueeze(-1)).solution.squeeze(-1)
-    theta = solution[:p]
+
+    def solve(vs: Tensor, vs0: float) -> Tensor:
+        K = torch.zeros(p + 1, p + 1, dtype=torch.float64)
+        K[:p, :p] = 2 * M + 2 * ridge * scale * torch.eye(p, dtype=torch.float64)
+        K[:p, p] = vs
+        K[p, :p] = vs
+        rhs = torch.cat([-2 * g, torch.tensor([m - vs0], dtype=torch.float64)])
+        solution: Tensor = torch.linalg.lstsq(K, rhs.unsqueeze(-1)).solution
+        return solution.squeeze(-1)[:p]
+
+    theta = solve(v, v0)
     if not bool(torch.isfinite(theta).all()):
         return PolishReport(False, float("nan"), float("nan"), "least squares produced non-finite values", p)
+    resolves = 0
+    achieved = mean_abs_d(_unflat(theta, base))
+    # The signs of D_now were not those of the solved D (see the module docstring): solve again with the solved
+    # D's own signs, which keeps its orientation and puts its mean |D| back at m.
+    while m > 0 and not (0.5 * m <= achieved <= 2.0 * m) and resolves < max_resolves:
+        vs, vs0 = sign_constraint(_unflat(theta, base))
+        candidate = solve(vs, vs0)
+        if not bool(torch.isfinite(candidate).all()):
+            break
+        theta = candidate
+        resolves += 1
+        achieved = mean_abs_d(_unflat(theta, base))
+    if resolves:
+        log.info("polish.rescaled", resolves=resolves, mean_abs_d_target=m, mean_abs_d=achieved)
     before = _fit(model, x, targets)
     saved = {n: named[n].detach().clone() for n in head_parameters}
     for name, value in _unflat(theta, base).items():
@@ -145,9 +198,9 @@ def polish_rational_head(
         for name, value in saved.items():
             named[name].copy_(value)
         log.info("polish.rejected", fit_before=before, fit_after=after)
-        return PolishReport(False, before, after, "fit loss did not improve", p)
+        return PolishReport(False, before, after, "fit loss did not improve", p, resolves, m, achieved)
     log.info("polish.accepted", fit_before=before, fit_after=after, parameters=p)
-    return PolishReport(True, before, after, "ok", p)
+    return PolishReport(True, before, after, "ok", p, resolves, m, achieved)
 
 
 def _double_copy(model: nn.Module) -> nn.Module:

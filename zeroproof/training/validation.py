@@ -1,9 +1,10 @@
 """Pre-deployment validation: the seed page's safety checklist, run against a bundle and held-out data.
 
 Checks: coverage ≥ ``min_coverage`` (on non-singular targets when targets are given, so correct ⊥ on singular
-inputs never fails it), gap rate ≤ ``max_gap_rate`` (a warning above, as on the seed page), sign consistency
-active in training (from a checkpoint's history and config, else the bundle's training provenance), and the ONNX
-export keeping ⊥ semantics on the held-out inputs (plus the adversarial decode probe).
+inputs never fails it), gap rate ≤ ``max_gap_rate`` (a warning above, as on the seed page), ⊥ on every known
+singular set of the architecture (``singular_sets()`` of the model class, e.g. the arm's θ2 = 0 and θ2 = ±π),
+sign consistency active in training (from a checkpoint's history and config, else the bundle's training
+provenance), and the ONNX export keeping ⊥ semantics on the held-out inputs (plus the adversarial decode probe).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from zeroproof.export.bundle import LoadedBundle, load_bundle
 from zeroproof.inference.config import InferenceConfig
@@ -100,6 +101,36 @@ def save_heldout(path: str | os.PathLike[str], x: Tensor, y: Tensor | None = Non
     with open(target, "wb") as f:
         np.savez(f, **arrays)
     return target
+
+
+def known_singular_sets(model: nn.Module) -> dict[str, Tensor]:
+    """The inputs of every singular set the model's architecture declares (``singular_sets()``), else none."""
+    declare = getattr(type(model), "singular_sets", None)
+    if not callable(declare):
+        return {}
+    sets = declare()
+    return {str(name): x for name, x in sets.items()}
+
+
+@torch.no_grad()
+def singular_set_checks(model: nn.Module, config: InferenceConfig, sets: dict[str, Tensor]) -> list[Check]:
+    """One check per singular set: passes only if every output element on it decodes to ⊥ under ``config``."""
+    checks: list[Check] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for name, x in sets.items():
+            N, D = model(x)
+            bottom = strict_inference(N, D, config).bottom_mask
+            rate = float(bottom.float().mean())
+            finite_d = D.abs()[torch.isfinite(D)]
+            max_d = float(finite_d.max()) if finite_d.numel() else math.nan
+            ok = bool(bottom.all())
+            detail = f"{int(x.shape[0])} poses: ⊥ rate {rate:.4f}, max |D| {max_d:.3g} (tau_infer {config.tau_infer:g})"
+            checks.append(Check(f"singular_set[{name}]", "pass" if ok else "fail", detail, rate, "every output ⊥"))
+    finally:
+        model.train(was_training)
+    return checks
 
 
 def _sign_check(bundle: LoadedBundle, checkpoint: str | os.PathLike[str] | None) -> Check:
@@ -212,6 +243,7 @@ def validate_bundle(
             f"<= {max_gap_rate} (warning above)",
         )
     )
+    report.checks.extend(singular_set_checks(bundle.model, cfg, known_singular_sets(bundle.model)))
     report.checks.append(_sign_check(bundle, checkpoint))
     if onnx:
         with tempfile.TemporaryDirectory() as tmp:

@@ -58,3 +58,41 @@ def test_polish_refuses_non_linear_parameters_and_leaves_the_model_alone() -> No
         assert torch.equal(v, before[k])
     with pytest.raises(KeyError):
         polish_rational_head(model, ["nope"], x, y)
+
+
+def test_polish_keeps_the_scale_when_sgd_left_d_without_its_sign_change() -> None:
+    """A short SGD run leaves D ≈ 1 everywhere (no sign change yet). Keeping mean(sign(D_now)·D) then pins nearly
+    the plain mean of the solved D, ~0 for data around the pole, and the first solve blows the scale up (D ≈ 100x)
+    so the ⊥ band |D| < tau_infer shrinks 100-fold: an input 1e-7 from the pole came out finite (the arm at
+    float32 θ2 = ±π). The re-solve with the solved D's own signs keeps mean |D| at its intended value."""
+    pole = 0.01
+    x = torch.linspace(-1, 1, 401).unsqueeze(1)
+    x[200, 0] = pole
+    y = 1.0 / (x.double() - pole)
+    y[x == pole] = math.inf
+    layer = ProjectiveRationalLayer(1, 1)
+    with torch.no_grad():
+        layer.numerator.weight.fill_(0.0)
+        layer.numerator.bias.fill_(1.0)
+        layer.denominator.weight.fill_(0.0)
+        layer.denominator.bias.fill_(1.0)  # D = 1 (+ the layer's own anchor, if any): positive everywhere
+    names = ["numerator.weight", "numerator.bias", "denominator.weight", "denominator.bias"]
+    report = polish_rational_head(layer, names, x, y)
+    assert report.accepted, report.reason
+    assert report.resolves >= 1
+    assert 0.5 * report.scale_before <= report.scale_after <= 2.0 * report.scale_before
+    near = torch.tensor([[pole + 1e-7]], dtype=torch.float32)
+    with torch.no_grad():
+        N, D = layer(near)
+    assert bool(strict_inference(N, D, InferenceConfig()).bottom_mask.all()), float(D)
+    # without the re-solve (the old polish): the scale is blown up and the same input is finite
+    blown = ProjectiveRationalLayer(1, 1)
+    blown.load_state_dict({k: torch.zeros_like(v) for k, v in layer.state_dict().items()})
+    with torch.no_grad():
+        blown.numerator.bias.fill_(1.0)
+        blown.denominator.bias.fill_(1.0)
+    old = polish_rational_head(blown, names, x, y, max_resolves=0)
+    assert old.accepted and old.scale_after > 20 * old.scale_before
+    with torch.no_grad():
+        N, D = blown(near)
+    assert not bool(strict_inference(N, D, InferenceConfig()).bottom_mask.any())

@@ -105,3 +105,52 @@ def test_calibrate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert code == 0
     assert payload["recommended_tau_infer"] is not None
     assert len(payload["rows"]) > 5
+
+
+def _arm(w_sin: float, w_cos: float = 0.0, bias: float = -1.0) -> torch.nn.Module:
+    """An arm model whose denominator is D = w_sin·sin θ2 + w_cos·cos θ2 + (1 + bias)."""
+    from zeroproof.models.arm import ArmIKProjective
+
+    torch.manual_seed(0)
+    model = ArmIKProjective(hidden=4)
+    with torch.no_grad():
+        model.denominator.weight.copy_(torch.tensor([[w_sin, w_cos]]))
+        model.denominator.bias.fill_(bias)
+    return model.eval()
+
+
+def test_every_singular_set_of_the_arm_is_checked() -> None:
+    """The issue's bundle: D = 161.6·sin θ2 (what train-arm wrote after ~300 steps) is ⊥ at θ2 = 0 but finite at
+    θ2 = ±π (float32 ±π is 8.7e-8 away from the pole: |D| = 1.4e-5 ≥ tau_infer); D = 0.69·sin θ2 is ⊥ on all."""
+    from zeroproof.training.validation import known_singular_sets, singular_set_checks
+
+    cfg = InferenceConfig(tau_infer=1e-6, tau_train=1e-4)
+    sets = known_singular_sets(_arm(1.0))
+    assert set(sets) == {"θ2 = 0", "θ2 = +π", "θ2 = −π"}
+    assert all(x.shape == (2000, 4) for x in sets.values())
+    bad = {c.name: c for c in singular_set_checks(_arm(161.6), cfg, sets)}
+    assert {n: c.status for n, c in bad.items()} == {
+        "singular_set[θ2 = 0]": "pass",
+        "singular_set[θ2 = +π]": "fail",
+        "singular_set[θ2 = −π]": "fail",
+    }
+    assert bad["singular_set[θ2 = +π]"].value == 0.0 and "max |D| 1.41e-05" in bad["singular_set[θ2 = +π]"].detail
+    good = singular_set_checks(_arm(0.69), cfg, sets)
+    assert [c.status for c in good] == ["pass"] * 3
+    # θ2 = 0 alone is not enough, and vice versa: D = 1 + cos θ2 is ⊥ at ±π only
+    only_pi = {c.name: c.status for c in singular_set_checks(_arm(0.0, 1.0, 0.0), cfg, sets)}
+    assert only_pi["singular_set[θ2 = 0]"] == "fail" and only_pi["singular_set[θ2 = +π]"] == "pass"
+    assert known_singular_sets(known_pole_model(POLE)) == {}  # no declared sets: no such check
+
+
+def test_validate_fails_a_bundle_that_is_finite_on_a_singular_set(tmp_path: Path) -> None:
+    from zeroproof.models.arm import generate_arm_data
+
+    extra = {"sign_loss_active": True, "lambda_sign": 1.0, "history_keys": ["loss", "sign_loss"]}
+    path = tmp_path / "arm-bad.zpb"
+    save_bundle(_arm(161.6), path, config=InferenceConfig(), model_version="arm-bad", extra=extra)
+    x, y = generate_arm_data(200, seed=3)
+    report = validate_bundle(path, x, y, onnx=False)
+    checks = {c.name: c.status for c in report.checks}
+    assert checks["singular_set[θ2 = −π]"] == "fail" and checks["singular_set[θ2 = 0]"] == "pass"
+    assert not report.passed
