@@ -1,7 +1,8 @@
 """``zeroproof-worker`` / ``python -m workers``: settings → model → Redis and Kafka (with backoff) → loop.
 
 Exit codes: 0 clean stop (SIGTERM/SIGINT, after draining), 2 invalid configuration (one line on stderr naming
-the setting), 1 an unexpected fatal error (logged).
+the setting), 1 an unexpected fatal error (logged), 3 an input record batch that cannot be decoded and cannot be
+held back on its own partition (only with a kafka-python other than the pinned 3.0.x; logged, after draining).
 """
 
 from __future__ import annotations
@@ -111,7 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         out_topics = [settings.output_topic, settings.dlq_topic, settings.fallback_topic, settings.stats_topic]
         parts = with_backoff("kafka", lambda: producer.warm(out_topics), log, settings, lambda: stop["now"])
         log.info("output_topics_ready", partitions=parts)
-        consumer = with_backoff("kafka", lambda: KafkaConsumerTransport(settings), log, settings, lambda: stop["now"])
+        consumer = with_backoff(
+            "kafka",
+            lambda: KafkaConsumerTransport(settings, log=log, metrics=metrics),
+            log,
+            settings,
+            lambda: stop["now"],
+        )
     except StoppedError:
         log.info("stopped_during_startup")
         return 0
