@@ -127,6 +127,9 @@ class WorkerSettings(BaseSettings):
     producer_batch_size: int = Field(default=262_144, ge=1024)
     producer_acks: Literal["all", "1"] = "all"
     producer_stall_s: float = Field(default=5.0, gt=0, description="unacked sends this old: flush, then new producer")
+    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        default="none", description="compression of the record batches the worker produces (docs/worker.md: cost)"
+    )
     undecodable_retry_s: float = Field(
         default=30.0, ge=0, description="retry an input partition held at an undecodable batch; 0 = never"
     )

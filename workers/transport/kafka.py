@@ -605,6 +605,7 @@ class KafkaProducerTransport:
             batch_size=settings.producer_batch_size,
             max_block_ms=10_000,
             retries=5,
+            compression_type=None if settings.producer_compression == "none" else settings.producer_compression,
             **connection_config(settings),
             **security_config(settings),
         )
