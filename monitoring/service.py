@@ -386,7 +386,13 @@ class KafkaStatsSource:
 def build_sinks(settings: MonitorSettings, clock: Clock) -> list[AlertSink]:
     sinks: list[AlertSink] = [
         LogSink(),
-        KafkaAlertSink(settings.kafka_bootstrap, settings.alerts_topic, settings.group_id, settings.kafka_timeout),
+        KafkaAlertSink(
+            settings.kafka_bootstrap,
+            settings.alerts_topic,
+            settings.group_id,
+            settings.kafka_timeout,
+            settings.producer_compression,
+        ),
     ]
     if settings.alertmanager_url:
         sinks.append(

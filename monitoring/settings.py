@@ -64,6 +64,7 @@ class MonitorSettings(BaseSettings):
     group_id: str = Field(default="zeroproof-monitor", min_length=1)
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
+    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
 
     # Aggregation.
     monitor_label: str | None = None

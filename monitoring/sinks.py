@@ -63,7 +63,14 @@ class KafkaAlertSink:
     """Publishes each alert event to the alerts topic, keyed ``rule/model_version``, and waits for the ack:
     the topic is also the monitor's memory of what it announced (restart recovery reads it back)."""
 
-    def __init__(self, bootstrap: str, topic: str, client_id: str = "zeroproof-monitor", timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        client_id: str = "zeroproof-monitor",
+        timeout: float = 30.0,
+        compression: str = "none",
+    ) -> None:
         from kafka import KafkaProducer
 
         self.topic = topic
@@ -73,6 +80,7 @@ class KafkaAlertSink:
             acks="all",
             retries=5,
             linger_ms=0,
+            compression_type=None if compression == "none" else compression,
             request_timeout_ms=int(timeout * 1000),
             max_block_ms=int(timeout * 1000),
             bootstrap_timeout_ms=int(timeout * 1000),

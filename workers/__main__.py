@@ -1,7 +1,8 @@
 """``zeroproof-worker`` / ``python -m workers``: settings → model → Redis and Kafka (with backoff) → loop.
 
 Exit codes: 0 clean stop (SIGTERM/SIGINT, after draining), 2 invalid configuration (one line on stderr naming
-the setting), 1 an unexpected fatal error (logged).
+the setting), 1 an unexpected fatal error (logged), 3 an input record batch that cannot be decoded and cannot be
+held back on its own partition (only with a kafka-python other than the pinned 3.0.x; logged, after draining).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parts = retrying("kafka", lambda: producer.warm(out_topics))
         log.info("output_topics_ready", partitions=parts)
         wait_for_topic(settings.input_topic, lambda: producer.topic_partitions(settings.input_topic), log, should_stop)
-        consumer = retrying("kafka", lambda: KafkaConsumerTransport(settings))
+        consumer = retrying("kafka", lambda: KafkaConsumerTransport(settings, log=log, metrics=metrics))
     except StoppedError:
         log.info("stopped_during_startup")
         return 0

@@ -64,6 +64,20 @@ class WorkerMetrics:
         )
         self.reloads = Counter(p + "reloads", "Hot reloads", ["result"], registry=r)
         self.bottom_log_suppressed = Counter(p + "bottom_log_suppressed", "⊥ log events not logged", registry=r)
+        self.partitions_undecodable = Gauge(
+            p + "partitions_undecodable",
+            "Input partitions held back at a record batch that cannot be decoded (codec missing, corrupt data)",
+            registry=r,
+        )
+        self.undecodable_offset = Gauge(
+            p + "undecodable_offset",
+            "Offset of the undecodable record batch a held input partition waits at",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.undecodable_fetches = Counter(
+            p + "undecodable_fetches", "Fetched record batches that could not be decoded", ["error"], registry=r
+        )
         self.last_progress.set(time.time())
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:

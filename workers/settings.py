@@ -134,6 +134,12 @@ class WorkerSettings(BaseSettings):
         description="largest record the worker produces (the broker's message.max.bytes must allow it)",
     )
     producer_stall_s: float = Field(default=5.0, gt=0, description="unacked sends this old: flush, then new producer")
+    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        default="none", description="compression of the record batches the worker produces (docs/worker.md: cost)"
+    )
+    undecodable_retry_s: float = Field(
+        default=30.0, ge=0, description="retry an input partition held at an undecodable batch; 0 = never"
+    )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     kafka_sasl_username: str | None = None

@@ -33,7 +33,7 @@ from workers.pipeline import (
 )
 from workers.review import ReviewSink
 from workers.settings import WorkerSettings
-from workers.transport.base import Consumer, Producer, Record, TopicPartition
+from workers.transport.base import Consumer, Producer, Record, TopicPartition, UndecodableInputError
 
 
 class BottomLogLimiter:
@@ -180,6 +180,7 @@ class Worker:
         self.seek_pending: set[TopicPartition] = set()
         self.paused = False
         self.stopping = False
+        self.exit_code = 0
         self.reload_requested = False
         self.next_reload_check = time.monotonic() + settings.reload_check_s
         self.batches = 0
@@ -383,6 +384,11 @@ class Worker:
                 recs = self.consumer.poll(timeout, want)
             else:
                 recs = []
+        except UndecodableInputError as exc:  # cannot be held back on its own: stop rather than skip or spin
+            self.log.error("input_undecodable_stopping", error=str(exc), exit_code=3)
+            self.stopping = True
+            self.exit_code = 3
+            recs = []
         except Exception as exc:  # broker gone, coordinator moved...: the client reconnects; we keep going
             self.metrics.error("kafka_consume")
             self.log.warning("poll_failed", error=repr(exc))
@@ -449,7 +455,7 @@ class Worker:
             self.consumer.close()
         finally:
             self.checkpoint.producer.close(min(5.0, self.s.drain_timeout_s))
-        return 0
+        return self.exit_code
 
 
 __all__ = ["BottomLogLimiter", "ModelErrorLog", "Worker"]

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import pytest
+import structlog
 from kafka.partitioner.default import DefaultPartitioner
 
 from workers.transport.kafka import (
@@ -13,6 +14,7 @@ from workers.transport.kafka import (
     _QUIET_AFTER_S,
     KafkaConsumerTransport,
     KeyPartitioner,
+    UndecodableGuard,
     _MembershipTracker,
 )
 
@@ -56,6 +58,7 @@ class _Listener:
 def transport_with(client: SleepyClient, stable: bool = True, quiet: bool = False) -> KafkaConsumerTransport:
     t = object.__new__(KafkaConsumerTransport)
     t._consumer = client
+    t._guard = UndecodableGuard(client, structlog.get_logger("test"))
     t._last_records_at = 0.0 if quiet else time.monotonic()
     t._membership = _MembershipTracker(_Listener())
     if stable:

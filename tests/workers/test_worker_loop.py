@@ -18,6 +18,7 @@ from workers.model import load_runtime
 from workers.pipeline import ReviewItem
 from workers.review import ReviewStoreError
 from workers.settings import WorkerSettings
+from workers.transport.base import UndecodableInputError
 from workers.transport.memory import InMemoryBroker, InMemoryConsumer, InMemoryProducer
 from workers.worker import Worker
 
@@ -255,3 +256,22 @@ def test_shutdown_commits_only_durable(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 2.0  # bounded drain
     assert committed_total(broker) == 8  # the held batch was never acknowledged, so it is not committed
     assert w.consumer.closed  # type: ignore[attr-defined]
+
+
+def test_input_that_cannot_be_held_back_stops_the_worker_with_exit_code_3(tmp_path: Path) -> None:
+    """A transport that cannot tell on which partition an undecodable batch is (UndecodableInputError): the
+    worker drains, commits what it processed and exits 3, instead of skipping the batch or polling into it."""
+    w, broker, consumer, _ = make(tmp_path)
+    feed(broker, 6)
+    deadline = time.monotonic() + 30
+    while committed_total(broker) < 6 and time.monotonic() < deadline:
+        w.step()
+    assert committed_total(broker) == 6
+
+    def undecodable(timeout_s: float, max_records: int) -> list[Any]:
+        raise UndecodableInputError("a record batch could not be decoded (test)")
+
+    consumer.poll = undecodable  # type: ignore[method-assign]
+    w.step()
+    assert w.stopping and w.exit_code == 3
+    assert w.shutdown() == 3 and consumer.closed

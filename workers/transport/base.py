@@ -39,6 +39,11 @@ class Record(NamedTuple):
         return TopicPartition(self.topic, self.partition)
 
 
+class UndecodableInputError(RuntimeError):
+    """Input the consumer cannot decode and cannot hold back on its own (it cannot tell which partition it is
+    on): the worker stops with exit code 3 instead of skipping it or retrying forever."""
+
+
 class RebalanceListener(Protocol):
     """Called while ``Consumer.poll`` is blocked (kafka-python 3 calls it on its IO thread).
 

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
+import structlog
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
+from kafka import version as kafka_version
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import (
+    CorruptRecordError,
     InvalidRecordError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
+    UnsupportedCodecError,
 )
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
@@ -25,7 +32,17 @@ except ImportError:  # kafka-python 2.x: listeners run inside poll() on the call
     AsyncConsumerRebalanceListener = None
 
 from workers.settings import WorkerSettings
-from workers.transport.base import DeliveryHandle, RebalanceListener, Record, RecordRefusedError, TopicPartition
+from workers.transport.base import (
+    DeliveryHandle,
+    RebalanceListener,
+    Record,
+    RecordRefusedError,
+    TopicPartition,
+    UndecodableInputError,
+)
+
+if TYPE_CHECKING:
+    from workers.metrics import WorkerMetrics
 
 #: kafka-python >= 3 bounds each bootstrap attempt; 2.x has no such setting (and refuses unknown ones).
 _HAS_BOOTSTRAP_TIMEOUT = "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG
@@ -86,18 +103,23 @@ class _MembershipTracker:
     """Passes rebalance callbacks through and remembers whether the group is stable (partitions assigned and no
     rebalance under way): revocation starts a rebalance, assignment ends it."""
 
-    def __init__(self, inner: RebalanceListener) -> None:
+    def __init__(self, inner: RebalanceListener, guard: UndecodableGuard | None = None) -> None:
         self.inner = inner
+        self.guard = guard
         self.stable = False
 
     def on_revoked(self, partitions: Sequence[TopicPartition]) -> Mapping[TopicPartition, int]:
         self.stable = False
+        if self.guard is not None:
+            self.guard.on_revoked(partitions)
         return self.inner.on_revoked(partitions)
 
     def on_revoke_committed(self, offsets: Mapping[TopicPartition, int], error: BaseException | None) -> None:
         self.inner.on_revoke_committed(offsets, error)
 
     def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        if self.guard is not None:
+            self.guard.on_assigned(partitions)
         self.inner.on_assigned(partitions)
         self.stable = True
 
@@ -144,10 +166,271 @@ def _async_listener(inner: RebalanceListener, consumer: Any) -> Any:
     return _AsyncListener()
 
 
+#: A held partition is logged when found undecodable, then at most this often while it stays undecodable.
+UNDECODABLE_RELOG_S = 600.0
+
+
+def _k(tp: TopicPartition) -> Any:
+    return KTopicPartition(tp.topic, tp.partition)
+
+
+def _from_record_decoding(exc: BaseException) -> bool:
+    """Was ``exc`` raised while kafka-python decoded a fetched record batch (decompression, CRC check, record
+    parsing, deserialisation)? Those all run inside the fetcher's per-partition record generator."""
+    if isinstance(exc, UnsupportedCodecError | CorruptRecordError):
+        return True
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        module = str(frame.f_globals.get("__name__", ""))
+        if module.startswith(("kafka.record", "kafka.codec")) or (
+            module == "kafka.consumer.fetcher" and frame.f_code.co_name == "_unpack_records"
+        ):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+@dataclass
+class HeldPartition:
+    """An input partition held back at ``offset``, the first record of a batch that could not be decoded."""
+
+    offset: int
+    error: str
+    error_type: str
+    failures: int
+    #: monotonic time of the next try (``inf``: never); ``None`` while resumed for that try
+    retry_at: float | None
+
+
+class UndecodableGuard:
+    """Keeps one input partition whose record batch cannot be decoded (a codec the client lacks, corrupt data)
+    from stopping the others, without ever skipping its offsets.
+
+    kafka-python 3.0 raises the decode error once from ``poll`` and keeps the broken partition buffer as its
+    next one in line: the buffer's record generator is dead, so every later ``poll`` takes 0 records from it and
+    loops inside the client forever (a whole core, and SIGTERM is never looked at). On such an error the guard
+    takes that buffer out of the fetcher and pauses the partition. Its fetch position is still the first record
+    of the undecodable batch, and nothing after it is returned or committed. The guard logs the partition once
+    (``partition_undecodable``, then at most every ``relog_s``) and exposes it as metrics. Every ``retry_s`` the
+    partition is resumed to fetch that batch again (a transient corruption heals, a persistent one is held again
+    and counted); ``retry_s`` = 0 keeps it paused until a restart or a rebalance. A partition that is revoked or
+    assigned anew starts fresh.
+
+    The caller's own pause/resume (the worker's backpressure) goes through :meth:`pause`/:meth:`resume`, which
+    never resume a held partition. Rebalance callbacks only queue events (they run on the client's IO thread);
+    everything else runs on the polling thread.
+    """
+
+    def __init__(
+        self,
+        consumer: Any,
+        log: Any,
+        metrics: WorkerMetrics | None = None,
+        retry_s: float = 30.0,
+        relog_s: float = UNDECODABLE_RELOG_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._consumer = consumer
+        self._log = log
+        self._metrics = metrics
+        self.retry_s = retry_s
+        self.relog_s = relog_s
+        self._clock = clock
+        self.held: dict[TopicPartition, HeldPartition] = {}
+        self._caller_paused: set[TopicPartition] = set()
+        self._rebalances: deque[tuple[str, list[TopicPartition]]] = deque()
+        #: last log line per partition: (offset, error type, when); kept across rebalances so a partition that
+        #: comes back and fails at the same batch is not logged again before ``relog_s``
+        self._logged: dict[TopicPartition, tuple[int, str, float]] = {}
+
+    # --- the caller's flow control ----------------------------------------------------------------------------
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        self._caller_paused.update(partitions)
+        if partitions:
+            self._consumer.pause(*[_k(tp) for tp in partitions])
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        self._caller_paused.difference_update(partitions)
+        free = [tp for tp in partitions if not self._held_paused(tp)]
+        if free:
+            self._consumer.resume(*[_k(tp) for tp in free])
+
+    def _held_paused(self, tp: TopicPartition) -> bool:
+        h = self.held.get(tp)
+        return h is not None and h.retry_at is not None
+
+    # --- rebalance: queued on the client's IO thread, applied on the polling thread --------------------------
+    def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        self._rebalances.append(("revoked", list(partitions)))
+
+    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        self._rebalances.append(("assigned", list(partitions)))
+
+    def _apply_rebalances(self) -> None:
+        while self._rebalances:
+            kind, tps = self._rebalances.popleft()
+            self._caller_paused.difference_update(tps)
+            for tp in tps:
+                self._release(tp, kind)
+            if kind == "assigned":
+                # A partition assigned anew starts unpaused, as the caller assumes after a rebalance (kafka-python
+                # keeps the paused flag of a partition it keeps across an eager rebalance).
+                owned = self._owned()
+                again = [_k(tp) for tp in tps if tp in owned]
+                if again:
+                    self._consumer.resume(*again)
+
+    def _owned(self) -> set[TopicPartition]:
+        return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    # --- around each client poll --------------------------------------------------------------------------------
+    def before_poll(self) -> None:
+        self._apply_rebalances()
+        if not self.held:
+            return
+        now = self._clock()
+        due = [
+            tp
+            for tp, h in self.held.items()
+            if h.retry_at is not None and now >= h.retry_at and tp not in self._caller_paused
+        ]
+        if not due:
+            return
+        owned = self._owned()
+        for tp in due:
+            self.held[tp].retry_at = None
+        again = [_k(tp) for tp in due if tp in owned]
+        if again:
+            self._consumer.resume(*again)
+
+    def on_poll_error(self, exc: BaseException) -> bool:
+        """``poll`` raised ``exc``. True: it was an undecodable record batch, now held (poll again); False: the
+        caller handles it (not a decoding error, or one that left nothing stuck in the client). Raises
+        :class:`UndecodableInputError` when it was one but the client does not look as expected, so neither the
+        partition nor the absence of a spin can be told (a kafka-python other than the pinned 3.0.x)."""
+        self._apply_rebalances()
+        if not _from_record_decoding(exc):
+            return False
+        broken = self._take_broken()
+        if broken is None:
+            fetcher = getattr(self._consumer, "_fetcher", None)
+            if hasattr(fetcher, "_next_partition_records") and hasattr(fetcher, "_next_in_line_exception_metadata"):
+                return False  # the client as expected, and no broken buffer left in it: nothing can spin
+            raise UndecodableInputError(
+                f"a record batch could not be decoded ({exc!r}) and kafka-python "
+                f"{getattr(kafka_version, '__version__', '?')} does not say on which partition"
+            ) from exc
+        self._hold(*broken, exc)
+        return True
+
+    def after_poll(self, batches: Mapping[Any, Sequence[Any]]) -> None:
+        """``poll`` returned ``batches``: hold a partition whose decoding error kafka-python deferred to the next
+        poll (it returned other partitions' records first), release retried partitions that decoded."""
+        self._apply_rebalances()
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        deferred = getattr(fetcher, "_next_in_line_exception_metadata", None)
+        exc = getattr(deferred, "exception", None)
+        if isinstance(exc, BaseException) and _from_record_decoding(exc):
+            broken = self._take_broken()
+            if broken is not None:  # else kafka-python raises it from the next poll: on_poll_error
+                self._hold(*broken, exc)
+        if any(h.retry_at is None for h in self.held.values()):
+            for ktp in batches:
+                tp = TopicPartition(ktp.topic, ktp.partition)
+                h = self.held.get(tp)
+                if h is not None and h.retry_at is None:
+                    self._release(tp, "decoded")
+
+    # --- internals ---------------------------------------------------------------------------------------------
+    def _take_broken(self) -> tuple[TopicPartition, int] | None:
+        """Take the partition buffer whose decoding failed out of kafka-python's fetcher (it would spin on it):
+        ``(partition, offset of its undecodable batch)``, or None if the fetcher does not look as expected."""
+        fetcher: Any = getattr(self._consumer, "_fetcher", None)
+        part = getattr(fetcher, "_next_partition_records", None)
+        ktp = getattr(part, "topic_partition", None)
+        offset = getattr(part, "next_fetch_offset", None)
+        drain = getattr(part, "drain", None)
+        if not part or ktp is None or not isinstance(offset, int) or not callable(drain):
+            return None
+        drain()
+        fetcher._next_partition_records = None
+        deferred = getattr(fetcher, "_next_in_line_exception_metadata", None)
+        if deferred is not None and getattr(deferred, "partition", None) == ktp:
+            fetcher._next_in_line_exception_metadata = None
+        return TopicPartition(ktp.topic, ktp.partition), offset
+
+    def _hold(self, tp: TopicPartition, offset: int, exc: BaseException) -> None:
+        if tp not in self._owned():
+            return  # no longer ours: its new owner reads the batch again
+        self._consumer.pause(_k(tp))
+        now = self._clock()
+        prev = self.held.get(tp)
+        failures = prev.failures + 1 if prev is not None and prev.offset == offset else 1
+        error_type = type(exc).__name__
+        error = repr(exc)[:500]
+        retry_at = now + self.retry_s if self.retry_s > 0 else float("inf")
+        self.held[tp] = HeldPartition(offset, error, error_type, failures, retry_at)
+        m = self._metrics
+        if m is not None:
+            m.undecodable_fetches.labels(error_type).inc()
+            m.undecodable_offset.labels(tp.topic, str(tp.partition)).set(offset)
+            m.partitions_undecodable.set(len(self.held))
+        last = self._logged.get(tp)
+        first = last is None or last[0] != offset or last[1] != error_type
+        if first or (last is not None and now - last[2] >= self.relog_s):
+            retry = f"retried every {self.retry_s:g} s" if self.retry_s > 0 else "not retried (restart or rebalance)"
+            self._log.error(
+                "partition_undecodable" if first else "partition_still_undecodable",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=offset,
+                error_type=error_type,
+                error=error,
+                failures=failures,
+                retry_s=self.retry_s,
+                message=(
+                    f"record batch at {tp.topic}:{tp.partition} offset {offset} cannot be decoded; this partition "
+                    f"is paused there (nothing after it is processed or committed), the others keep flowing; "
+                    f"{retry}"
+                ),
+            )
+            self._logged[tp] = (offset, error_type, now)
+
+    def _release(self, tp: TopicPartition, why: str) -> None:
+        h = self.held.pop(tp, None)
+        if h is None:
+            return
+        m = self._metrics
+        if m is not None:
+            with contextlib.suppress(KeyError):
+                m.undecodable_offset.remove(tp.topic, str(tp.partition))
+            m.partitions_undecodable.set(len(self.held))
+        if why == "decoded":
+            self._logged.pop(tp, None)
+            self._log.info(
+                "partition_decodable_again",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=h.offset,
+                failures=h.failures,
+            )
+        else:
+            self._log.info(
+                "partition_undecodable_released", topic=tp.topic, partition=tp.partition, offset=h.offset, reason=why
+            )
+
+
 class KafkaConsumerTransport:
     """A group member with auto-commit off; ``commit`` is synchronous and takes next-offsets."""
 
-    def __init__(self, settings: WorkerSettings, client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        client_id: str | None = None,
+        log: Any = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self._reset = settings.auto_offset_reset
         self._membership: _MembershipTracker | None = None  # set by subscribe
         self._last_records_at = 0.0  # monotonic time of the last poll that returned records
@@ -167,17 +450,41 @@ class KafkaConsumerTransport:
             **connection_config(settings),
             **security_config(settings),
         )
+        self._guard = UndecodableGuard(
+            self._consumer, log if log is not None else structlog.get_logger(), metrics, settings.undecodable_retry_s
+        )
 
     def subscribe(self, topic: str, listener: RebalanceListener) -> None:
         use_async = AsyncConsumerRebalanceListener is not None and hasattr(
             getattr(self._consumer, "_coordinator", None), "_commit_offsets_sync_async"
         )
         self._topic = topic
-        self._membership = tracked = _MembershipTracker(listener)
+        self._membership = tracked = _MembershipTracker(listener, self._guard)
         wrapped = _async_listener(tracked, self._consumer) if use_async else _SyncListener(tracked, self._consumer)
         self._consumer.subscribe(topics=[topic], listener=wrapped)
 
     def poll(self, timeout_s: float, max_records: int) -> list[Record]:
+        """Records of the partitions not paused. A record batch that cannot be decoded holds back its partition
+        only (see :class:`UndecodableGuard`); other client errors are raised."""
+        guard = self._guard
+        guard.before_poll()
+        try:
+            batches = self._poll_client(timeout_s, max_records)
+        except Exception as exc:
+            if not guard.on_poll_error(exc):
+                raise
+            return []
+        guard.after_poll(batches)
+        if batches:
+            self._last_records_at = time.monotonic()
+        out: list[Record] = []
+        append = out.append
+        for recs in batches.values():
+            for r in recs:
+                append(Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp or 0, tuple(r.headers or ())))
+        return out
+
+    def _poll_client(self, timeout_s: float, max_records: int) -> Mapping[Any, Sequence[Any]]:
         # Once the group is stable and records are flowing, wait in short slices: when kafka-python finds no fetch
         # in flight at the wrong moment (its IO thread has not yet cleared the previous fetch) it sleeps
         # min(timeout, retry_backoff_ms = 100 ms) instead of waiting for data, which showed up as 100 ms latency
@@ -200,14 +507,7 @@ class KafkaConsumerTransport:
                 batches = self._consumer.poll(timeout_ms=min(remaining_ms, _POLL_SLICE_MS), max_records=max_records)
                 if batches or remaining_ms <= _POLL_SLICE_MS:
                     break
-        if batches:
-            self._last_records_at = time.monotonic()
-        out: list[Record] = []
-        append = out.append
-        for recs in batches.values():
-            for r in recs:
-                append(Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp or 0, tuple(r.headers or ())))
-        return out
+        return batches  # type: ignore[no-any-return]
 
     def _nudge_topic_metadata(self, now: float) -> None:
         """While joining, make sure the client has the subscribed topic's partitions before the group leader
@@ -223,12 +523,16 @@ class KafkaConsumerTransport:
             cluster.request_update()
 
     def pause(self, partitions: Sequence[TopicPartition]) -> None:
-        if partitions:
-            self._consumer.pause(*[KTopicPartition(tp.topic, tp.partition) for tp in partitions])
+        self._guard.pause(partitions)
 
     def resume(self, partitions: Sequence[TopicPartition]) -> None:
-        if partitions:
-            self._consumer.resume(*[KTopicPartition(tp.topic, tp.partition) for tp in partitions])
+        """Resumes ``partitions`` except those held back as undecodable (see :class:`UndecodableGuard`)."""
+        self._guard.resume(partitions)
+
+    @property
+    def undecodable(self) -> Mapping[TopicPartition, HeldPartition]:
+        """Partitions held back because a record batch could not be decoded."""
+        return self._guard.held
 
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
@@ -346,6 +650,7 @@ class KafkaProducerTransport:
             max_block_ms=10_000,
             retries=5,
             max_request_size=settings.producer_max_request_bytes,
+            compression_type=None if settings.producer_compression == "none" else settings.producer_compression,
             **connection_config(settings),
             **security_config(settings),
         )
