@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck check bench clean
+.PHONY: install system-packages run test lint typecheck check bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -20,10 +20,14 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# Real peers some tests drive (promtool, Alertmanager, kcat); installed where we are root, skipped otherwise.
+system-packages:
+	bash scripts/system-packages.sh
+
 run: $(STAMP)
 	$(BIN)/zeroproof run $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

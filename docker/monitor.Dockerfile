@@ -7,6 +7,7 @@ WORKDIR /app
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.2"
 COPY pyproject.toml README.md ./
 COPY zeroproof ./zeroproof
+COPY service ./service
 COPY workers ./workers
 COPY monitoring ./monitoring
 RUN pip install .

@@ -15,6 +15,7 @@ WORKDIR /app
 RUN python -c "import torch" 2>/dev/null || pip install ${TORCH_INDEX:+--index-url $TORCH_INDEX} "torch>=2.2"
 COPY pyproject.toml README.md ./
 COPY zeroproof ./zeroproof
+COPY service ./service
 COPY workers ./workers
 COPY monitoring ./monitoring
 RUN pip install ".[fast]"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
@@ -11,23 +10,8 @@ from types import FrameType
 
 import structlog
 
-from monitoring.settings import MonitorSettings, SettingsError, load_settings
-
-
-def configure_logging(settings: MonitorSettings) -> None:
-    level = getattr(logging, settings.log_level.upper())
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if settings.log_json else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-    )
+from monitoring.settings import SettingsError, load_settings
+from service import logs, secrets
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,7 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         sys.stderr.write(f"zeroproof-monitor: {exc}\n")
         return 2
-    configure_logging(settings)
+    secrets.register(settings.secrets())
+    logs.configure("zeroproof-monitor", settings.log_level, json=settings.log_json)
     log = structlog.get_logger("zeroproof.monitor")
     log.info("configuration", **settings.redacted())
 
@@ -61,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     except OSError as exc:
-        sys.stderr.write(f"zeroproof-monitor: {exc} (check ZEROPROOF_METRICS_PORT / ZEROPROOF_METRICS_HOST)\n")
+        sys.stderr.write(
+            f"zeroproof-monitor: {secrets.scrub(str(exc))} (check ZEROPROOF_METRICS_PORT / ZEROPROOF_METRICS_HOST)\n"
+        )
         return 1
     return 0
 

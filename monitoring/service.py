@@ -282,7 +282,7 @@ def _consumer(settings: MonitorSettings, suffix: str, **extra: Any) -> Any:
     from kafka import KafkaConsumer
 
     return KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        **settings.kafka_client(),
         group_id=None,
         enable_auto_commit=False,
         client_id=f"{settings.group_id}-{suffix}",
@@ -387,17 +387,23 @@ def build_sinks(settings: MonitorSettings, clock: Clock) -> list[AlertSink]:
     sinks: list[AlertSink] = [
         LogSink(),
         KafkaAlertSink(
-            settings.kafka_bootstrap,
+            settings.kafka_client(),
             settings.alerts_topic,
             settings.group_id,
             settings.kafka_timeout,
             settings.producer_compression,
         ),
     ]
-    if settings.alertmanager_url:
+    endpoint = settings.alertmanager_endpoint()
+    if endpoint:
         sinks.append(
             AlertmanagerSink(
-                settings.alertmanager_url, settings.alertmanager_resend, settings.alertmanager_timeout, clock
+                endpoint,
+                settings.alertmanager_resend,
+                settings.alertmanager_timeout,
+                clock,
+                headers=settings.alertmanager_headers(),
+                ssl_context=settings.alertmanager_ssl_context(),
             )
         )
     return sinks

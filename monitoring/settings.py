@@ -12,11 +12,13 @@ import math
 import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from service.alertmanager import AlertmanagerSettings
+from service.kafka import KafkaConnectionSettings
+from service.settings import ServiceSettings
 from zeroproof.utils.settings import (
     ENV_PREFIX,
     NamedSettingError,
@@ -51,13 +53,12 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class MonitorSettings(BaseSettings):
+class MonitorSettings(KafkaConnectionSettings, AlertmanagerSettings, ServiceSettings):
     """Everything the monitor reads at start-up. Defaults follow the seed: coverage < 90%, gap > 5%, ⊥ rise."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", case_sensitive=False)
 
-    # Shared with the workers (contract §2).
-    kafka_bootstrap: str = "localhost:9092"
+    # Shared with the workers (contract §2); Kafka and Alertmanager connections are the parts of ``service``.
     kafka_timeout: Duration = 30.0
     stats_topic: str = Field(default="zeroproof.stats", min_length=1)
     alerts_topic: str = Field(default="zeroproof.alerts", min_length=1)
@@ -96,38 +97,15 @@ class MonitorSettings(BaseSettings):
     no_data_after: Duration = 120.0
 
     # Sinks.
-    alertmanager_url: str | None = None
     alertmanager_resend: Duration = 60.0
     alertmanager_timeout: Duration = 5.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
 
-    @field_validator("kafka_bootstrap")
-    @classmethod
-    def _bootstrap(cls, v: str) -> str:
-        hosts = [h.strip() for h in v.split(",") if h.strip()]
-        if not hosts:
-            raise ValueError("expected host:port[,host:port...]")
-        for h in hosts:
-            host, sep, port = h.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"{h!r} is not host:port")
-        return ",".join(hosts)
-
     @field_validator("monitor_label")
     @classmethod
     def _label(cls, v: str | None) -> str | None:
         return v.strip() or None if v is not None else None
-
-    @field_validator("alertmanager_url")
-    @classmethod
-    def _alertmanager(cls, v: str | None) -> str | None:
-        if v is None or not v.strip():
-            return None
-        parts = urlsplit(v.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("expected an http(s) URL of Alertmanager, e.g. http://alertmanager:9093")
-        return v.strip().rstrip("/")
 
     @field_validator("bucket", "eval_interval", "short_window", "long_window", "alertmanager_timeout", "kafka_timeout")
     @classmethod
@@ -163,14 +141,6 @@ class MonitorSettings(BaseSettings):
     def baseline_window(self) -> float:
         """The trailing baseline of the ⊥-rise rule: the long window minus the short one."""
         return self.long_window - self.short_window
-
-    def redacted(self) -> dict[str, Any]:
-        """Settings safe to log (the Alertmanager URL may carry basic-auth credentials)."""
-        out = self.model_dump()
-        if self.alertmanager_url:
-            parts = urlsplit(self.alertmanager_url)
-            out["alertmanager_url"] = f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}"
-        return out
 
 
 def _field_error(name: str, msg: str) -> NamedSettingError:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import queue
+import ssl
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -65,7 +66,7 @@ class KafkaAlertSink:
 
     def __init__(
         self,
-        bootstrap: str,
+        client: Mapping[str, Any],
         topic: str,
         client_id: str = "zeroproof-monitor",
         timeout: float = 30.0,
@@ -75,7 +76,7 @@ class KafkaAlertSink:
 
         self.topic = topic
         self._producer = KafkaProducer(
-            bootstrap_servers=bootstrap.split(","),
+            **client,
             client_id=f"{client_id}-alerts",
             acks="all",
             retries=5,
@@ -134,10 +135,21 @@ def alertmanager_payload(alert: Alert, now: float, resend: float) -> dict[str, A
 
 
 class AlertmanagerSink:
-    """Alertmanager-compatible webhook: ``POST {url}/api/v2/alerts``."""
+    """Alertmanager-compatible webhook: ``POST {url}/api/v2/alerts``, with an ``Authorization`` header (basic or
+    bearer) and a CA for HTTPS where configured."""
 
-    def __init__(self, url: str, resend: float = 60.0, timeout: float = 5.0, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        url: str,
+        resend: float = 60.0,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        headers: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         self.endpoint = url if url.endswith("/api/v2/alerts") else url + "/api/v2/alerts"
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        self.ssl_context = ssl_context
         self.resend = resend
         self.timeout = timeout
         self.clock = clock
@@ -185,11 +197,9 @@ class AlertmanagerSink:
     def _post(self, body: list[dict[str, Any]]) -> None:
         data = json.dumps(body).encode()
         for attempt in range(3):
-            req = urllib.request.Request(
-                self.endpoint, data=data, method="POST", headers={"Content-Type": "application/json"}
-            )
+            req = urllib.request.Request(self.endpoint, data=data, method="POST", headers=self.headers)
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                with urllib.request.urlopen(req, timeout=self.timeout, context=self.ssl_context) as resp:
                     resp.read()
                 self.posted += 1
                 return

@@ -11,14 +11,15 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from workers.settings import SettingsError, load_settings, redact_url
+from service import secrets
+from workers.settings import SettingsError, load_settings
 from workers.startup import StoppedError, wait_for_topic, with_backoff
 
 T = TypeVar("T")
 
 
 def _fail(msg: str) -> int:
-    sys.stderr.write(f"zeroproof-worker: {msg}\n")
+    sys.stderr.write(f"zeroproof-worker: {secrets.scrub(msg)}\n")
     return 2
 
 
@@ -29,19 +30,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     if settings.model is None:
         return _fail("invalid setting ZEROPROOF_MODEL (--model): required (a model bundle or TorchScript file)")
+    secrets.register(settings.secrets())
 
     import signal
 
-    from workers import logs
+    from service import logs
 
-    log = logs.configure(settings.log_level, worker_id=settings.worker_id, kafka_level=settings.kafka_log_level)
-    stop = {"now": False}
+    log = logs.configure(
+        "zeroproof-worker", settings.log_level, kafka_level=settings.kafka_log_level, worker_id=settings.worker_id
+    )
+    early = {"stop": False, "reload": False}
 
     def early_stop(signum: int, frame: Any) -> None:
-        stop["now"] = True
+        early["stop"] = True
+
+    def early_hup(signum: int, frame: Any) -> None:
+        # SIGHUP's default action ends the process; during start-up it means "reload once you serve"
+        early["reload"] = True
+        log.info("reload_requested_during_startup", signal="SIGHUP")
 
     signal.signal(signal.SIGTERM, early_stop)
     signal.signal(signal.SIGINT, early_stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, early_hup)
 
     from workers.fallback import build_chain
     from workers.metrics import WorkerMetrics
@@ -65,24 +76,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"invalid setting ZEROPROOF_METRICS_PORT (--metrics-port): cannot listen: {exc}")
     log.info("starting", settings=settings.redacted())
 
-    from workers.review import RedisReviewStore, redis_client
+    from workers.review import RedisReviewStore
     from workers.transport.kafka import KafkaConsumerTransport, KafkaProducerTransport
     from workers.worker import Worker
 
     def should_stop() -> bool:
-        return stop["now"]
+        return early["stop"]
 
     def retrying(what: str, connect: Callable[[], T]) -> T:
         return with_backoff(what, connect, log, should_stop, settings.startup_max_backoff_s, settings.startup_timeout_s)
 
     try:
-        store = RedisReviewStore(redis_client(settings), settings.redis_key_prefix)
+        store = RedisReviewStore(settings.redis_client(), settings.redis_key_prefix)
         retrying("redis", store.ping)
         policy = retrying("redis", store.memory_policy)
         risk = store.eviction_risk() if policy is not None else None
         if risk is not None and not settings.redis_allow_eviction:
             return _fail(
-                f"redis {redact_url(settings.redis_url.get_secret_value())}: {risk}; set maxmemory-policy "
+                f"redis {settings.redis_url_redacted()}: {risk}; set maxmemory-policy "
                 "noeviction (or ZEROPROOF_REDIS_ALLOW_EVICTION=true to accept losing them)"
             )
         if risk is not None or policy is None:
@@ -116,8 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         producer_factory=lambda: KafkaProducerTransport(settings),
     )
     worker.install_signal_handlers()
-    if stop["now"]:
-        worker.stopping = True
+    worker.stopping = worker.stopping or early["stop"]
+    worker.reload_requested = worker.reload_requested or early["reload"]
     try:
         return worker.run()
     except Exception as exc:

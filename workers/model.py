@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import Tensor
 
 from workers.settings import WorkerSettings
@@ -92,28 +93,41 @@ def read_thresholds_file(path: Path) -> dict[str, float | None]:
         raise ModelLoadError(f"thresholds file {path}: {exc}") from exc
     if not isinstance(raw, dict) or not set(raw) <= {"tau_infer", "tau_train"}:
         raise ModelLoadError(f"thresholds file {path}: expected an object with tau_infer and/or tau_train")
+    for k, v in raw.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise ModelLoadError(f"thresholds file {path}: {k} must be a number or null, got {json.dumps(v)[:40]}")
     return {k: (None if v is None else float(v)) for k, v in raw.items()}
 
 
 def resolve_config(settings: WorkerSettings, bundle: InferenceConfig | None) -> InferenceConfig:
-    """Precedence: thresholds file > explicit settings > the bundle's stored pair > the contract defaults."""
+    """Precedence: thresholds file > explicit settings > the bundle's stored pair > the contract defaults.
+
+    An invalid pair is reported naming where each value came from (the file, the settings, the bundle), since the
+    operator has to fix it there; pydantic's own message ends in a help URL that names nothing.
+    """
     ti: float = bundle.tau_infer if bundle is not None else DEFAULT_TAU_INFER
     tt: float | None = bundle.tau_train if bundle is not None else DEFAULT_TAU_TRAIN
+    origin = {"tau_infer": "the model bundle" if bundle else "the default", "tau_train": ""}
+    origin["tau_train"] = origin["tau_infer"]
     if settings.tau_infer is not None:
-        ti = settings.tau_infer
+        ti, origin["tau_infer"] = settings.tau_infer, "ZEROPROOF_TAU_INFER"
     if settings.tau_train is not None:
-        tt = settings.tau_train
+        tt, origin["tau_train"] = settings.tau_train, "ZEROPROOF_TAU_TRAIN"
     if settings.thresholds_file is not None:
         live = read_thresholds_file(settings.thresholds_file)
+        where = f"thresholds file {settings.thresholds_file}"
         if "tau_infer" in live and live["tau_infer"] is not None:
-            ti = live["tau_infer"]
+            ti, origin["tau_infer"] = live["tau_infer"], where
         if "tau_train" in live:
-            tt = live["tau_train"]
+            tt, origin["tau_train"] = live["tau_train"], where
     try:
         return InferenceConfig(tau_infer=ti, tau_train=tt)
+    except ValidationError as exc:
+        problem = str(exc.errors(include_url=False)[0].get("msg", exc)).removeprefix("Value error, ")
     except ValueError as exc:
-        msg = str(exc).splitlines()
-        raise ModelLoadError(f"thresholds: {msg[-1] if msg else exc}") from None
+        problem = str(exc).splitlines()[0]
+    sources = sorted(set(origin.values()))
+    raise ModelLoadError(f"thresholds from {' and '.join(sources)}: {problem}")
 
 
 @dataclass

@@ -34,7 +34,6 @@ import orjson
 import redis
 
 from workers.pipeline import ReviewItem
-from workers.settings import WorkerSettings
 
 _RECORD = """
 local created = redis.call('HSETNX', KEYS[1], 'record', ARGV[1])
@@ -87,20 +86,6 @@ class ReviewSink(Protocol):
     def ping(self) -> None: ...
 
     def close(self) -> None: ...
-
-
-def redis_client(settings: WorkerSettings) -> redis.Redis:
-    """Client from ``ZEROPROOF_REDIS_URL`` (``rediss://`` for TLS), AUTH from the URL or ``REDIS_PASSWORD``."""
-    kwargs: dict[str, Any] = {
-        "socket_timeout": settings.redis_timeout_s,
-        "socket_connect_timeout": settings.redis_timeout_s,
-    }
-    if settings.redis_password is not None:
-        kwargs["password"] = settings.redis_password.get_secret_value()
-    url = settings.redis_url.get_secret_value()
-    if url.startswith("rediss://") and settings.redis_ssl_ca_file is not None:
-        kwargs["ssl_ca_certs"] = str(settings.redis_ssl_ca_file)
-    return redis.Redis.from_url(url, **kwargs)
 
 
 @dataclass

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from service import secrets
 from workers.settings import SettingsError, WorkerSettings, load_settings
 
 
@@ -89,16 +90,18 @@ def _settings(args: argparse.Namespace) -> WorkerSettings:
             overrides[name] = v
     try:
         # the review tool never serves a model: ignore ZEROPROOF_MODEL and its file check.
-        return load_settings([], model=None, thresholds_file=None, **overrides)
+        settings = load_settings([], model=None, thresholds_file=None, **overrides)
     except SettingsError as exc:
         raise ValueError(str(exc)) from None
+    secrets.register(settings.secrets())
+    return settings
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from workers.review import RedisReviewStore, redis_client
+    from workers.review import RedisReviewStore
 
     s = _settings(args)
-    return RedisReviewStore(redis_client(s), s.redis_key_prefix)
+    return RedisReviewStore(s.redis_client(), s.redis_key_prefix)
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
@@ -115,7 +118,7 @@ def _reports_redis_errors(command: Callable[[argparse.Namespace], int]) -> Calla
         try:
             return command(args)
         except _redis_errors() as exc:
-            sys.stderr.write(f"zeroproof review: error: redis: {exc}\n")
+            sys.stderr.write(f"zeroproof review: error: redis: {secrets.scrub(str(exc))}\n")
             return 1
 
     return run
@@ -200,9 +203,9 @@ def _ack(args: argparse.Namespace) -> int:
 @_reports_redis_errors
 def _replay(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from workers.review import RedisReviewStore, redis_client
+    from workers.review import RedisReviewStore
 
-    store = RedisReviewStore(redis_client(settings), settings.redis_key_prefix)
+    store = RedisReviewStore(settings.redis_client(), settings.redis_key_prefix)
     rec = _pick(store, args)
     if rec is None:
         return 1
@@ -219,12 +222,10 @@ def _replay(args: argparse.Namespace) -> int:
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
-    from workers.transport.kafka import bootstrap_list, security_config
-
     payload = json.dumps(rec.record.get("input", {})).encode()
     key = rec.record.get("key")
     try:
-        producer = KafkaProducer(bootstrap_servers=bootstrap_list(settings), acks="all", **security_config(settings))
+        producer = KafkaProducer(acks="all", **settings.kafka_client())
         meta = producer.send(
             topic,
             value=payload,
@@ -233,7 +234,7 @@ def _replay(args: argparse.Namespace) -> int:
         ).get(timeout=30)
         producer.close(timeout=5)
     except KafkaError as exc:
-        sys.stderr.write(f"zeroproof review: error: kafka: {exc}\n")
+        sys.stderr.write(f"zeroproof review: error: kafka: {secrets.scrub(str(exc))}\n")
         return 1
     target = f"{topic}:{meta.partition}:{meta.offset}"
     store.mark_replayed(rec.source, reviewer_name(args), target)

@@ -15,11 +15,13 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
+from service.kafka import KafkaConnectionSettings
+from service.redis import RedisConnectionSettings
+from service.settings import ServiceSettings
 from zeroproof.utils.settings import ENV_PREFIX, NamedSettingError, load_settings_from, settings_arg_parser
 from zeroproof.utils.settings import SettingsError as SettingsError  # re-exported for callers
 
@@ -65,29 +67,13 @@ def parse_threshold_pairs(text: str) -> list[tuple[float, float | None]]:
     return pairs
 
 
-def redact_url(url: str) -> str:
-    """Drop the password from a URL so that it can be logged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    netloc = f"{parts.username}:***@{netloc}" if parts.username else f":***@{netloc}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-class WorkerSettings(BaseSettings):
-    """All worker settings; see docs/worker.md for the table."""
+class WorkerSettings(KafkaConnectionSettings, RedisConnectionSettings, ServiceSettings):
+    """All worker settings; see docs/configuration.md for the table. Kafka and Redis connection settings are the
+    shared parts of ``service.kafka`` and ``service.redis``."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
 
     # --- endpoints and topics (contract §2)
-    kafka_bootstrap: str = "localhost:9092"
-    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
     model: Path | None = None
     model_sha256: str | None = None
     tau_infer: float | None = None
@@ -140,21 +126,9 @@ class WorkerSettings(BaseSettings):
     undecodable_retry_s: float = Field(
         default=30.0, ge=0, description="retry an input partition held at an undecodable batch; 0 = never"
     )
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: Path | None = None
-    kafka_ssl_certfile: Path | None = None
-    kafka_ssl_keyfile: Path | None = None
-    kafka_ssl_password: SecretStr | None = None
-    kafka_ssl_check_hostname: bool = True
 
     # --- redis client
-    redis_password: SecretStr | None = None
-    redis_ssl_ca_file: Path | None = None
     redis_key_prefix: str = "zeroproof:review"
-    redis_timeout_s: float = Field(default=2.0, gt=0)
     redis_allow_eviction: bool = Field(
         default=False, description="start even if Redis may evict review records (allkeys-* policy with maxmemory)"
     )
@@ -215,28 +189,6 @@ class WorkerSettings(BaseSettings):
             raise ValueError(f"thresholds file not found: {v}")
         return v
 
-    @field_validator("kafka_bootstrap")
-    @classmethod
-    def _bootstrap(cls, v: str) -> str:
-        hosts = [h.strip() for h in v.split(",") if h.strip()]
-        if not hosts:
-            raise ValueError("needs at least one host:port")
-        for h in hosts:
-            host, sep, port = h.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise ValueError(f"{h!r} is not host:port")
-        return ",".join(hosts)
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, v: SecretStr) -> SecretStr:
-        scheme = urlsplit(v.get_secret_value()).scheme
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(
-                f"scheme must be redis://, rediss:// or unix://, got {scheme + '://' if scheme else 'none'}"
-            )
-        return v
-
     @field_validator("fallback_controllers")
     @classmethod
     def _controllers(cls, v: str) -> str:
@@ -273,8 +225,6 @@ class WorkerSettings(BaseSettings):
             raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
         if "constant" in self.controller_names and not self.fallback_constant_values:
             raise ValueError("fallback_controllers names 'constant' but ZEROPROOF_FALLBACK_CONSTANT is empty")
-        if self.kafka_security_protocol.startswith("SASL") and self.kafka_sasl_mechanism is None:
-            raise ValueError("kafka_security_protocol SASL_* needs ZEROPROOF_KAFKA_SASL_MECHANISM")
         if self.max_message_bytes + RECORD_OVERHEAD_BYTES > self.producer_max_request_bytes:
             raise NamedSettingError(
                 "max_message_bytes",
@@ -305,12 +255,6 @@ class WorkerSettings(BaseSettings):
     @property
     def max_batch_delay_s(self) -> float:
         return self.max_batch_delay_ms / 1000.0
-
-    def redacted(self) -> dict[str, Any]:
-        """Settings safe to log: secrets masked, the Redis URL without its password."""
-        out = self.model_dump(mode="json")
-        out["redis_url"] = redact_url(self.redis_url.get_secret_value())
-        return out
 
 
 def build_arg_parser(prog: str = "zeroproof-worker") -> argparse.ArgumentParser:

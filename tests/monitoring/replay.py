@@ -48,9 +48,14 @@ def wall_clock_monitor_env(bootstrap: str, stats: str, alerts: str, metrics_port
     return env
 
 
-def read_topic(bootstrap: str, topic: str, idle: float = 1.0, max_wait: float = 30.0) -> list[dict[str, Any]]:
-    """Every record of ``topic`` (all partitions, from the beginning), decoded as JSON, in timestamp order."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50)
+def read_topic(
+    bootstrap: str, topic: str, idle: float = 1.0, max_wait: float = 30.0, **client: Any
+) -> list[dict[str, Any]]:
+    """Every record of ``topic`` (all partitions, from the beginning), decoded as JSON, in timestamp order;
+    ``client`` adds kafka-python options (TLS)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50, **client
+    )
     out: list[tuple[int, dict[str, Any]]] = []
     try:
         parts = consumer.partitions_for_topic(topic) or set()

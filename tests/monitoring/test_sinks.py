@@ -43,12 +43,14 @@ class FakeAlertmanager:
 
     def __init__(self) -> None:
         self.posts: list[list[dict[str, Any]]] = []
+        self.authorization: list[str | None] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if self.path == "/api/v2/alerts":
+                    outer.authorization.append(self.headers.get("Authorization"))
                     outer.posts.append(json.loads(body))
                     self.send_response(200)
                 else:
@@ -119,3 +121,18 @@ def test_webhook_restore_keeps_recovered_alerts_alive(alertmanager: FakeAlertman
         sink.close()
     assert len(alertmanager.posts) == 2
     assert alertmanager.posts[1][0]["startsAt"] == "2026-01-15T00:00:00Z"
+
+
+def test_webhook_sends_the_configured_bearer_token(alertmanager: FakeAlertmanager) -> None:
+    from service.alertmanager import AlertmanagerSettings
+
+    am = AlertmanagerSettings(alertmanager_url=alertmanager.url, alertmanager_bearer_token="tok-Zr-8c1")
+    endpoint = am.alertmanager_endpoint()
+    assert endpoint is not None
+    sink = AlertmanagerSink(endpoint, resend=60, timeout=2, headers=am.alertmanager_headers())
+    try:
+        sink.emit(FIRING)
+        alertmanager.wait(1)
+    finally:
+        sink.close()
+    assert alertmanager.authorization == ["Bearer tok-Zr-8c1"]

@@ -482,7 +482,9 @@ def test_producer_compression_setting_compresses_what_worker_and_monitor_write(
                 codecs[codec] = codecs.get(codec, 0) + n
     assert set(codecs) == {CODEC_IDS["lz4"]}, codecs
     # the monitor's alert events
-    sink = KafkaAlertSink(kafka_bootstrap, alerts, "zeroproof-monitor", 30.0, compression="zstd")
+    sink = KafkaAlertSink(
+        {"bootstrap_servers": [kafka_bootstrap]}, alerts, "zeroproof-monitor", 30.0, compression="zstd"
+    )
     t0 = time.time()
     sink.emit(Alert("coverage_low", "firing", "v1", 0.8, 0.9, 0.92, "5m", 300.0, t0, t0, t0, volume=5000))
     sink.close()

@@ -29,7 +29,7 @@ from tests.support.services import free_port, start_redis, wait_for_port
 from tests.workers.helpers import POLE, REPO, TopicReader, Topics, WorkerProc, known_pole_bundle, msg, produce
 from tests.workers.test_integration import worker_env
 from tests.workers.test_review_cli import item
-from workers.review import RedisReviewStore, redis_client
+from workers.review import RedisReviewStore
 from workers.settings import WorkerSettings
 from workers.transport import kafka as kafka_transport
 
@@ -245,20 +245,20 @@ def test_redis_tls_and_auth_settings_work(tmp_path: Path) -> None:
     try:
         wait_for_port(port, proc=proc)
         s = WorkerSettings(redis_url=f"rediss://127.0.0.1:{port}/0", redis_ssl_ca_file=ca, redis_password=REDIS_PW)
-        store = RedisReviewStore(redis_client(s), "zp-tls:review")
+        store = RedisReviewStore(s.redis_client(), "zp-tls:review")
         store.ping()
         assert store.record_batch([item("tls-1", 1)]) == 1
         assert store.pending_ids() == ["tls-1"]
         # without the CA the server's certificate is refused; a plain connection to the TLS port fails too
         no_ca = RedisReviewStore(
-            redis_client(WorkerSettings(redis_url=f"rediss://127.0.0.1:{port}/0", redis_password=REDIS_PW))
+            WorkerSettings(redis_url=f"rediss://127.0.0.1:{port}/0", redis_password=REDIS_PW).redis_client()
         )
         with pytest.raises(Exception, match=r"(?i)certificate|ssl"):
             no_ca.ping()
         plain = RedisReviewStore(
-            redis_client(
-                WorkerSettings(redis_url=f"redis://127.0.0.1:{port}/0", redis_password=REDIS_PW, redis_timeout_s=1.0)
-            )
+            WorkerSettings(
+                redis_url=f"redis://127.0.0.1:{port}/0", redis_password=REDIS_PW, redis_timeout_s=1.0
+            ).redis_client()
         )
         with pytest.raises(Exception):  # noqa: B017 - any refusal will do
             plain.ping()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from embedded.services import (
     TEST_CONSUMER_SETTINGS,
@@ -18,12 +19,13 @@ from embedded.services import (
 )
 
 
-def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    """Create ``{name: partitions}`` on the broker; topics that already exist are left as they are."""
+def create_topics(bootstrap: str, topics: dict[str, int], **client: Any) -> None:
+    """Create ``{name: partitions}`` on the broker; topics that already exist are left as they are. ``client``
+    adds kafka-python options (TLS)."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **client)
     try:
         for name, partitions in topics.items():
             with contextlib.suppress(TopicAlreadyExistsError):

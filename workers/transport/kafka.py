@@ -53,28 +53,6 @@ _POLL_SLICE_MS = 5
 _QUIET_AFTER_S = 1.0
 
 
-def security_config(settings: WorkerSettings) -> dict[str, Any]:
-    """TLS/SASL client options; secrets are unwrapped here and nowhere else."""
-    cfg: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
-    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        cfg["ssl_check_hostname"] = settings.kafka_ssl_check_hostname
-        if settings.kafka_ssl_cafile:
-            cfg["ssl_cafile"] = str(settings.kafka_ssl_cafile)
-        if settings.kafka_ssl_certfile:
-            cfg["ssl_certfile"] = str(settings.kafka_ssl_certfile)
-        if settings.kafka_ssl_keyfile:
-            cfg["ssl_keyfile"] = str(settings.kafka_ssl_keyfile)
-        if settings.kafka_ssl_password:
-            cfg["ssl_password"] = settings.kafka_ssl_password.get_secret_value()
-    if settings.kafka_security_protocol.startswith("SASL"):
-        cfg["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        if settings.kafka_sasl_username:
-            cfg["sasl_plain_username"] = settings.kafka_sasl_username
-        if settings.kafka_sasl_password:
-            cfg["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
-    return cfg
-
-
 def connection_config(settings: WorkerSettings) -> dict[str, Any]:
     """Keep kafka-python's own reconnect backoff under ``startup_max_backoff_s`` and each bootstrap attempt
     short: with its defaults (backoff growing to 30 s, 30 s per bootstrap) a client constructor blocked the
@@ -85,10 +63,6 @@ def connection_config(settings: WorkerSettings) -> dict[str, Any]:
     if _HAS_BOOTSTRAP_TIMEOUT:
         cfg["bootstrap_timeout_ms"] = max(1000, min(10_000, cap_ms))
     return cfg
-
-
-def bootstrap_list(settings: WorkerSettings) -> list[str]:
-    return settings.kafka_bootstrap.split(",")
 
 
 def _k_offsets(offsets: Mapping[TopicPartition, int]) -> dict[Any, Any]:
@@ -437,7 +411,7 @@ class KafkaConsumerTransport:
         self._topic: str | None = None  # set by subscribe
         self._next_metadata_nudge = 0.0
         self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap_list(settings),
+            bootstrap_servers=settings.kafka_bootstrap_list,
             group_id=settings.group_id,
             client_id=client_id or settings.worker_id,
             enable_auto_commit=False,
@@ -448,7 +422,7 @@ class KafkaConsumerTransport:
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
             max_poll_records=settings.max_poll_records,
             **connection_config(settings),
-            **security_config(settings),
+            **settings.kafka_security(),
         )
         self._guard = UndecodableGuard(
             self._consumer, log if log is not None else structlog.get_logger(), metrics, settings.undecodable_retry_s
@@ -642,7 +616,7 @@ class KafkaProducerTransport:
 
     def __init__(self, settings: WorkerSettings, client_id: str | None = None) -> None:
         self._producer = KafkaProducer(
-            bootstrap_servers=bootstrap_list(settings),
+            bootstrap_servers=settings.kafka_bootstrap_list,
             client_id=client_id or settings.worker_id,
             acks="all" if settings.producer_acks == "all" else 1,
             linger_ms=settings.producer_linger_ms,
@@ -652,7 +626,7 @@ class KafkaProducerTransport:
             max_request_size=settings.producer_max_request_bytes,
             compression_type=None if settings.producer_compression == "none" else settings.producer_compression,
             **connection_config(settings),
-            **security_config(settings),
+            **settings.kafka_security(),
         )
         self._partitioner = KeyPartitioner(self._producer)
 

@@ -1,0 +1,84 @@
+"""Kafka connection settings (``ZEROPROOF_KAFKA_*``): one definition for every client of every service, TLS and
+SASL included, so a secured cluster is reached the same way by the worker, the monitor, the console and the CLI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+
+
+def check_bootstrap(value: str) -> str:
+    """``host:port[,host:port...]`` with ports 1-65535, normalised (spaces and empty entries dropped)."""
+    hosts = [h.strip() for h in value.split(",") if h.strip()]
+    if not hosts:
+        raise ValueError("needs at least one host:port")
+    for h in hosts:
+        host, sep, port = h.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{h!r} is not host:port (port 1-65535)")
+    return ",".join(hosts)
+
+
+class KafkaConnectionSettings(BaseSettings):
+    """Bootstrap servers and security; secrets stay ``SecretStr`` until :meth:`kafka_security` unwraps them."""
+
+    kafka_bootstrap: str = Field(default="localhost:9092", description="host:port[,host:port...]")
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(default=None, description="CA bundle that signed the brokers' certificates")
+    kafka_ssl_certfile: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    kafka_ssl_keyfile: Path | None = Field(default=None, description="client key (mutual TLS)")
+    kafka_ssl_password: SecretStr | None = Field(default=None, description="password of the client key")
+    kafka_ssl_check_hostname: bool = True
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, v: str) -> str:
+        return check_bootstrap(v)
+
+    @model_validator(mode="after")
+    def _sasl(self) -> KafkaConnectionSettings:
+        if self.kafka_security_protocol.startswith("SASL") and self.kafka_sasl_mechanism is None:
+            raise ValueError("kafka_security_protocol SASL_* needs ZEROPROOF_KAFKA_SASL_MECHANISM")
+        return self
+
+    @property
+    def kafka_bootstrap_list(self) -> list[str]:
+        return self.kafka_bootstrap.split(",")
+
+    def kafka_secrets(self) -> list[str]:
+        return [s.get_secret_value() for s in (self.kafka_sasl_password, self.kafka_ssl_password) if s is not None]
+
+    def kafka_security(self) -> dict[str, Any]:
+        """TLS/SASL options in kafka-python's names; the one place their secrets are unwrapped."""
+        cfg: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            cfg["ssl_check_hostname"] = self.kafka_ssl_check_hostname
+            if self.kafka_ssl_cafile:
+                cfg["ssl_cafile"] = str(self.kafka_ssl_cafile)
+            if self.kafka_ssl_certfile:
+                cfg["ssl_certfile"] = str(self.kafka_ssl_certfile)
+            if self.kafka_ssl_keyfile:
+                cfg["ssl_keyfile"] = str(self.kafka_ssl_keyfile)
+            if self.kafka_ssl_password:
+                cfg["ssl_password"] = self.kafka_ssl_password.get_secret_value()
+        if self.kafka_security_protocol.startswith("SASL"):
+            cfg["sasl_mechanism"] = self.kafka_sasl_mechanism
+            if self.kafka_sasl_username:
+                cfg["sasl_plain_username"] = self.kafka_sasl_username
+            if self.kafka_sasl_password:
+                cfg["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        return cfg
+
+    def kafka_client(self) -> dict[str, Any]:
+        """``bootstrap_servers`` plus security: the keyword arguments every kafka-python client starts from."""
+        return {"bootstrap_servers": self.kafka_bootstrap_list, **self.kafka_security()}
