@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_chain(settings),
         metrics,
         log,
-        producer_factory=lambda: KafkaProducerTransport(settings),
+        producer_factory=lambda isolated=False: KafkaProducerTransport(settings, isolated=isolated),
     )
     worker.install_signal_handlers()
     worker.stopping = worker.stopping or early["stop"]

@@ -18,7 +18,14 @@ from typing import Any
 from workers.metrics import WorkerMetrics
 from workers.pipeline import BatchOutcome, Outgoing
 from workers.review import ReviewSink, ReviewStoreError
-from workers.transport.base import Consumer, DeliveryHandle, Producer, RecordRefusedError, TopicPartition
+from workers.transport.base import (
+    Consumer,
+    DeliveryHandle,
+    Producer,
+    ProducerFactory,
+    RecordRefusedError,
+    TopicPartition,
+)
 
 
 @dataclass
@@ -38,6 +45,8 @@ class InFlight:
     stall_level: int = 0
     #: indices of sends already replaced after a refusal: a replacement refused again is retried, not replaced
     replaced: set[int] = field(default_factory=set)
+    #: indices of sends refused together with their produce request, now being tried alone (isolated producer)
+    isolated: set[int] = field(default_factory=set)
 
     def sends_acked(self) -> bool:
         return all(h.done() and h.error() is None for h in self.handles)
@@ -53,7 +62,7 @@ class Checkpoint:
         log: Any,
         replace_refused: Callable[[Outgoing, BaseException], Outgoing],
         max_backoff_s: float = 5.0,
-        producer_factory: Callable[[], Producer] | None = None,
+        producer_factory: ProducerFactory | None = None,
         stall_s: float = 5.0,
     ) -> None:
         self.consumer = consumer
@@ -66,6 +75,7 @@ class Checkpoint:
         self.max_backoff_s = max_backoff_s
         self.producer_factory = producer_factory
         self.stall_s = stall_s
+        self._isolated: Producer | None = None
         self.pending: deque[InFlight] = deque()
         self.uncommitted: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
@@ -120,15 +130,32 @@ class Checkpoint:
         batch.reviews_done = True
         self.metrics.review_new.inc(new)
 
+    def _isolated_producer(self) -> Producer | None:
+        if self._isolated is None and self.producer_factory is not None:
+            try:
+                self._isolated = self.producer_factory(isolated=True)
+            except Exception as exc:
+                self.log.error("producer_recreate_failed", error=repr(exc), isolated=True)
+        return self._isolated
+
     def _replace_refused(self, batch: InFlight) -> None:
         """Records refused for good (too large, invalid) are final: each is replaced once by what
-        ``replace_refused`` makes of it (a small DLQ record), so the batch can become durable."""
+        ``replace_refused`` makes of it (a small DLQ record), so the batch can become durable. A refusal that may
+        belong to another record of the same produce request is not final yet: the record is tried again alone,
+        on an isolated producer, and replaced only if refused there too."""
         for i, h in enumerate(batch.handles):
             if i in batch.replaced or not h.done():
                 continue
             err = h.error()
             if not isinstance(err, RecordRefusedError):
                 continue
+            if not err.certain and i not in batch.isolated:
+                isolated = self._isolated_producer()
+                if isolated is not None:
+                    batch.isolated.add(i)
+                    s = batch.sends[i]
+                    batch.handles[i] = isolated.send(s.topic, s.key, s.value, s.headers)
+                    continue
             old = batch.sends[i]
             new = batch.sends[i] = self.replace_refused(old, err)
             batch.replaced.add(i)
@@ -159,9 +186,11 @@ class Checkpoint:
         err = batch.handles[failed[0]].error()
         if batch.send_attempts in (1, 2, 4) or batch.send_attempts % 20 == 0:
             self.log.error("send_failed_resending", error=repr(err), records=len(failed), attempt=batch.send_attempts)
+        isolated = self._isolated_producer() if batch.isolated else None
         for i in failed:
             s = batch.sends[i]
-            batch.handles[i] = self.producer.send(s.topic, s.key, s.value, s.headers)
+            via = isolated if isolated is not None and i in batch.isolated else self.producer
+            batch.handles[i] = via.send(s.topic, s.key, s.value, s.headers)
         batch.next_send_retry = now + min(self.max_backoff_s, 0.05 * 2 ** min(batch.send_attempts, 10))
 
     def _watch_stall(self, b: InFlight, now: float) -> None:
@@ -176,7 +205,14 @@ class Checkpoint:
             self.log.warning("producer_stalled", outstanding=outstanding, waited_s=round(now - b.created, 2))
             self.producer.flush(0.0)
             return
-        self.log.error("producer_recreated", outstanding=outstanding, waited_s=round(now - b.created, 2))
+        self._recreate_producer("stalled", outstanding=outstanding, waited_s=round(now - b.created, 2))
+
+    def _recreate_producer(self, reason: str, **fields: Any) -> None:
+        """A fresh producer, and every record not acknowledged by the old one sent again on it (refused records
+        are left to :meth:`_replace_refused`). Duplicates are possible, loss is not."""
+        if self.producer_factory is None:
+            return
+        self.log.error("producer_recreated", reason=reason, **fields)
         old = self.producer
         try:
             self.producer = self.producer_factory()
@@ -186,13 +222,19 @@ class Checkpoint:
         old.close(0.0)
         for p in self.pending:
             for i, h in enumerate(p.handles):
-                if not h.done() or h.error() is not None:
+                if i in p.isolated:
+                    continue
+                err = h.error() if h.done() else None
+                if not h.done() or (err is not None and not isinstance(err, RecordRefusedError)):
                     s = p.sends[i]
                     p.handles[i] = self.producer.send(s.topic, s.key, s.value, s.headers)
 
     def progress(self, commit: bool = True) -> int:
         """Advance retries, move the durable prefix to ``uncommitted``, commit it. Returns batches completed."""
         now = time.monotonic()
+        if self.producer.broken():
+            # kafka-python's idempotent producer never sends again after a non-retriable broker error
+            self._recreate_producer("fatal_client_state")
         for b in self.pending:
             if not b.reviews_done and now >= b.next_review_try:
                 self._write_reviews(b, now)
@@ -272,3 +314,11 @@ class Checkpoint:
             self.uncommitted.pop(tp, None)
             self.committed.pop(tp, None)
         return dropped
+
+    def close(self, timeout_s: float) -> None:
+        """Close the producers (unacknowledged records were never committed: they will be redelivered)."""
+        try:
+            self.producer.close(timeout_s)
+        finally:
+            if self._isolated is not None:
+                self._isolated.close(min(1.0, timeout_s))

@@ -33,7 +33,7 @@ from workers.pipeline import (
 )
 from workers.review import ReviewSink
 from workers.settings import WorkerSettings
-from workers.transport.base import Consumer, Producer, Record, TopicPartition, UndecodableInputError
+from workers.transport.base import Consumer, Producer, ProducerFactory, Record, TopicPartition, UndecodableInputError
 
 
 class BottomLogLimiter:
@@ -139,7 +139,7 @@ class Worker:
         metrics: WorkerMetrics,
         log: Any,
         reloader: Callable[[], ModelRuntime] | None = None,
-        producer_factory: Callable[[], Producer] | None = None,
+        producer_factory: ProducerFactory | None = None,
     ) -> None:
         self.s = settings
         self.consumer = consumer
@@ -454,7 +454,7 @@ class Worker:
         try:
             self.consumer.close()
         finally:
-            self.checkpoint.producer.close(min(5.0, self.s.drain_timeout_s))
+            self.checkpoint.close(min(5.0, self.s.drain_timeout_s))
         return self.exit_code
 
 

@@ -23,10 +23,10 @@ from kafka.record.memory_records import MemoryRecords
 
 from monitoring.rules import Alert
 from monitoring.sinks import KafkaAlertSink
-from tests.monitoring.replay import create_topics
 from tests.reliability.common import Stream, scrape, wait_until
 from tests.reliability.figures import record
 from tests.reliability.test_kill_storm import owns_partitions
+from tests.support.services import create_topics
 from tests.workers.helpers import TopicReader, Topics, WorkerProc, msg
 from tests.workers.test_integration import feature_for, worker_env
 

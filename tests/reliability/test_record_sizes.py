@@ -17,7 +17,7 @@ import pytest
 
 from tests.reliability.common import wait_until
 from tests.reliability.figures import record
-from tests.support.services import free_port, tansu_binary, wait_for_port
+from tests.support.services import create_topics, free_port, tansu_binary, wait_for_port
 from tests.workers.helpers import TopicReader, Topics, WorkerProc, msg, produce
 from tests.workers.test_integration import _committed, worker_env
 
@@ -117,12 +117,14 @@ def test_a_record_the_broker_refuses_is_replaced_by_a_dlq_record(
     readers: list[TopicReader] = []
     try:
         wait_for_port(port, proc=broker)
+        # everything is on the topic before the worker starts: the refused output and the 20 after it leave in
+        # one produce request, which the broker refuses as a whole (the neighbours must not be blamed)
+        create_topics(bootstrap, {topics.inputs: 1})
+        produce(bootstrap, topics.inputs, [(b"arm-1", msg("refused", [0.1], labels={"note": "n" * 500}))])
+        produce(bootstrap, topics.inputs, later_inputs("after"))
         w = WorkerProc(worker_env(bootstrap, redis_url, bundle, topics), tmp_path / "w.log", input_partitions=1)
         outs, dlq = TopicReader(bootstrap, topics.outputs), TopicReader(bootstrap, topics.dlq)
         readers += [outs, dlq]
-        w.wait_event("partitions_assigned", 60)
-        produce(bootstrap, topics.inputs, [(b"arm-1", msg("refused", [0.1], labels={"note": "n" * 500}))])
-        produce(bootstrap, topics.inputs, later_inputs("after"))
         outs.read_until(lambda rs: len(rs) >= LATER, 60)
         dlq.read_until(lambda rs: len(rs) >= 1, 30)
         assert {o["id"] for o in outs.json()} == {f"after-{i}" for i in range(LATER)}, w.log_tail()
@@ -131,6 +133,7 @@ def test_a_record_the_broker_refuses_is_replaced_by_a_dlq_record(
         assert "InvalidRecord" in d["detail"]
         assert wait_until(lambda: _committed(bootstrap, topics).get(0) == 1 + LATER, 30)
         replaced = w.wait_event("record_refused_replaced", 5)
+        recreated = [e for e in w.events() if e.get("event") == "producer_recreated"]
         assert w.terminate() == 0
         record(
             "record_refused_by_broker",
@@ -139,6 +142,8 @@ def test_a_record_the_broker_refuses_is_replaced_by_a_dlq_record(
                 "dlq_reason": d["reason"],
                 "later_inputs_answered": f"{LATER}/{LATER}",
                 "log_event": replaced["event"],
+                "records_refused_replaced": replaced["refused_total"],
+                "producer_recreated": [e["reason"] for e in recreated],
             },
         )
     finally:

@@ -200,3 +200,19 @@ def test_stats_by_label(kp_settings: WorkerSettings) -> None:
     out = run(records, kp_settings)
     assert out.by_label["site"]["a"].total == 2 and out.by_label["site"]["a"].bottom == 1
     assert out.by_label["site"]["b"].total == 2 and out.by_label["site"]["b"].bottom == 0
+
+
+#: The JSON parser's nesting limit inside a field (pydantic-core): documented in docs/worker.md, pinned here.
+MAX_NESTING = 200
+
+
+def test_nesting_beyond_the_parser_limit_is_invalid_json_even_in_an_unknown_field(
+    kp_settings: WorkerSettings,
+) -> None:
+    def nested(depth: int) -> bytes:
+        return b'{"id": "n", "features": [0.1], "extra": ' + b"[" * depth + b"]" * depth + b"}"
+
+    out = run([rec(nested(MAX_NESTING), 0), rec(nested(MAX_NESTING + 1), 1)], kp_settings)
+    assert [o["id"] for o in by_topic(out, "out")] == ["n"]
+    [dlq] = by_topic(out, "dlq")
+    assert (dlq["offset"], dlq["reason"]) == (1, "invalid_json") and "recursion limit" in dlq["detail"]

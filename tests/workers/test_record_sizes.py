@@ -140,6 +140,27 @@ def test_the_checkpoint_replaces_a_refused_record_and_commits(tmp_path: Path) ->
     assert w.checkpoint.refused == 1
 
 
+def test_only_the_record_refused_alone_is_replaced_and_a_dead_producer_is_replaced(tmp_path: Path) -> None:
+    """A broker refuses a produce request's batch as a whole, and kafka-python's idempotent producer then fails
+    every later send (a fatal state): neighbours of the refused record must be tried again alone, not blamed,
+    and the worker must go on with a new producer."""
+    w, broker, _, _ = make(tmp_path, max_batch_size=8)
+    broker.max_record_bytes = 2000
+    broker.refusal_takes_neighbours = 3
+    broker.refusal_breaks_producer = True
+    for i in range(3):
+        broker.append("in", b"arm", msg(i, [0.1]))
+    broker.append("in", b"arm", msg("big", [0.1], labels={"note": "n" * 5000}))
+    for i in range(3, 8):
+        broker.append("in", b"arm", msg(i, [0.1]))
+    spin(w, 0.5)
+    assert committed_total(broker) == 9
+    assert [json.loads(v)["reason"] for v in broker.values("zeroproof.dlq")] == ["output_too_large"]
+    assert sorted(json.loads(v)["id"] for v in broker.values("zeroproof.outputs")) == [str(i) for i in range(8)]
+    assert w.checkpoint.refused == 1
+    assert not w.checkpoint.producer.broken()  # replaced
+
+
 def test_hold_last_is_bounded_in_bytes() -> None:
     held = HoldLastSafe(max_age_s=60, max_entities=100_000, max_bytes=2_000_000)
     for i in range(200):

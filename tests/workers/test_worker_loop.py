@@ -67,7 +67,17 @@ def make(tmp_path: Path, **kw: Any) -> tuple[Worker, InMemoryBroker, InMemoryCon
     consumer = InMemoryConsumer(broker, "g")
     reviews = FakeReviews()
     log = structlog.get_logger("test")
-    w = Worker(s, consumer, InMemoryProducer(broker), reviews, load_runtime(s), build_chain(s), WorkerMetrics(), log)
+    w = Worker(
+        s,
+        consumer,
+        InMemoryProducer(broker),
+        reviews,
+        load_runtime(s),
+        build_chain(s),
+        WorkerMetrics(),
+        log,
+        producer_factory=lambda isolated=False: InMemoryProducer(broker, isolated),
+    )
     consumer.subscribe("in", w)
     return w, broker, consumer, reviews
 

@@ -11,9 +11,12 @@ class RecordRefusedError(Exception):
     cannot succeed. Transports report such failures as this type, so the checkpoint can replace the record
     instead of re-sending it forever (which stalled the partition)."""
 
-    def __init__(self, message: str, too_large: bool) -> None:
+    def __init__(self, message: str, too_large: bool, certain: bool = True) -> None:
         super().__init__(message)
         self.too_large = too_large
+        #: False when the refusal may belong to another record of the same produce request (a broker refuses a
+        #: request's record batch as a whole): the record must then be tried again alone before it is blamed.
+        self.certain = certain
 
 
 class TopicPartition(NamedTuple):
@@ -97,3 +100,14 @@ class Producer(Protocol):
     def flush(self, timeout_s: float) -> None: ...
 
     def close(self, timeout_s: float) -> None: ...
+
+    def broken(self) -> bool:
+        """True once the client can send nothing more (a fatal state): the checkpoint replaces it."""
+        ...
+
+
+class ProducerFactory(Protocol):
+    """Makes a new producer; ``isolated`` asks for one that puts every record in a produce request of its own
+    and has no idempotence state to lose (for trying records the broker refused, one by one)."""
+
+    def __call__(self, isolated: bool = False) -> Producer: ...

@@ -535,10 +535,12 @@ class KafkaConsumerTransport:
 _REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
 
 
-def _classified(exc: BaseException) -> BaseException:
+def _classified(exc: BaseException, certain: bool) -> BaseException:
+    """``certain``: the client judged this record alone (its own size check); a broker refusal may be about
+    another record of the same produce request, and kafka-python fails them all with the same error."""
     if isinstance(exc, _REFUSED_FOR_GOOD):
         too_large = not isinstance(exc, InvalidRecordError)
-        refused = RecordRefusedError(f"{type(exc).__name__}: {exc}", too_large)
+        refused = RecordRefusedError(f"{type(exc).__name__}: {exc}", too_large, certain)
         refused.__cause__ = exc
         return refused
     return exc
@@ -557,7 +559,7 @@ class _KafkaHandle:
         if not self._future.is_done:
             return None
         exc = self._future.exception
-        return _classified(exc) if isinstance(exc, BaseException) else None
+        return _classified(exc, certain=False) if isinstance(exc, BaseException) else None
 
 
 class _FailedHandle:
@@ -612,15 +614,22 @@ class KeyPartitioner:
 
 
 class KafkaProducerTransport:
-    """Idempotent, acks=all producer; ``send`` never raises: a refused send is a failed handle."""
+    """Idempotent, acks=all producer; ``send`` never raises: a refused send is a failed handle.
 
-    def __init__(self, settings: WorkerSettings, client_id: str | None = None) -> None:
+    ``isolated``: every record in a record batch of its own and no idempotence, for trying records one by one
+    after the broker refused a batch. kafka-python 3.0 puts an idempotent producer into a fatal state after any
+    non-retriable broker error (every later send fails with it), and a broker refuses a partition's batch as a
+    whole, so neither the refused record nor its neighbours can be told apart on the main producer.
+    """
+
+    def __init__(self, settings: WorkerSettings, client_id: str | None = None, isolated: bool = False) -> None:
         self._producer = KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap_list,
-            client_id=client_id or settings.worker_id,
+            client_id=client_id or (f"{settings.worker_id}-isolated" if isolated else settings.worker_id),
             acks="all" if settings.producer_acks == "all" else 1,
-            linger_ms=settings.producer_linger_ms,
-            batch_size=settings.producer_batch_size,
+            linger_ms=0 if isolated else settings.producer_linger_ms,
+            batch_size=1 if isolated else settings.producer_batch_size,
+            enable_idempotence=not isolated,
             max_block_ms=10_000,
             retries=5,
             max_request_size=settings.producer_max_request_bytes,
@@ -637,7 +646,7 @@ class KafkaProducerTransport:
             partition = self._partitioner(topic, key) if key is not None else None
             fut = self._producer.send(topic, value=value, key=key, headers=list(headers) or None, partition=partition)
         except Exception as exc:  # too large, buffer full past max_block_ms, serialization, closed producer...
-            return _FailedHandle(_classified(exc))
+            return _FailedHandle(_classified(exc, certain=True))
         return _KafkaHandle(fut)
 
     def warm(self, topics: Sequence[str], timeout_s: float = 30.0) -> dict[str, int]:
@@ -671,6 +680,10 @@ class KafkaProducerTransport:
             return 0
         meta = self._producer._metadata
         return sum(1 for p in parts or () if (meta.leader_for_partition(KTopicPartition(topic, p)) or -1) >= 0)
+
+    def broken(self) -> bool:
+        manager = getattr(self._producer, "_transaction_manager", None)
+        return bool(manager is not None and manager.has_fatal_error())
 
     def flush(self, timeout_s: float) -> None:
         # a timeout only means not everything is acknowledged yet: the handles say which

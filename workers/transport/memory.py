@@ -23,6 +23,11 @@ class InMemoryBroker:
     fail_next_sends: int = 0
     #: records larger than this (key + value) are refused for good, like a broker's message.max.bytes
     max_record_bytes: int | None = None
+    #: a refused record also fails the next this-many sends of the same producer (a broker refuses a produce
+    #: request's batch as a whole), with an uncertain refusal; isolated producers never do
+    refusal_takes_neighbours: int = 0
+    #: a refusal puts the (non-isolated) producer into a fatal state, as kafka-python's idempotent producer
+    refusal_breaks_producer: bool = False
     pending: list[_MemHandle] = field(default_factory=list)
 
     def topic(self, name: str) -> list[list[Record]]:
@@ -129,16 +134,33 @@ class InMemoryConsumer:
 
 
 class InMemoryProducer:
-    def __init__(self, broker: InMemoryBroker) -> None:
+    def __init__(self, broker: InMemoryBroker, isolated: bool = False) -> None:
         self.broker = broker
+        self.isolated = isolated
+        self.fatal: RecordRefusedError | None = None
+        self._neighbours_to_fail = 0
+
+    def broken(self) -> bool:
+        return self.fatal is not None
 
     def send(
         self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] = ()
     ) -> DeliveryHandle:
         h = _MemHandle((topic, key, value, tuple(headers)))
         limit = self.broker.max_record_bytes
-        if limit is not None and len(value) + len(key or b"") > limit:
-            h.exc = RecordRefusedError(f"{len(value) + len(key or b'')} bytes, the broker accepts {limit}", True)
+        size = len(value) + len(key or b"")
+        if self.fatal is not None:
+            h.exc, h.is_done = self.fatal, True
+        elif limit is not None and size > limit:
+            h.exc = RecordRefusedError(f"{size} bytes, the broker accepts {limit}", True, certain=self.isolated)
+            h.is_done = True
+            if not self.isolated:
+                self._neighbours_to_fail = self.broker.refusal_takes_neighbours
+                if self.broker.refusal_breaks_producer:
+                    self.fatal = RecordRefusedError("fatal: an earlier batch was refused", True, certain=False)
+        elif self._neighbours_to_fail > 0:
+            self._neighbours_to_fail -= 1
+            h.exc = RecordRefusedError("refused with its produce request", True, certain=False)
             h.is_done = True
         elif self.broker.fail_next_sends > 0:
             self.broker.fail_next_sends -= 1
