@@ -31,10 +31,10 @@ class ServiceSettings(BaseSettings):
         found: list[str] = []
         for name in type(self).model_fields:
             value = getattr(self, name)
-            if isinstance(value, SecretStr):
+            if isinstance(value, SecretStr) and name.endswith("_url"):
+                found += url_secrets(value.get_secret_value())  # the credentials, not the whole (loggable) URL
+            elif isinstance(value, SecretStr):
                 found.append(value.get_secret_value())
-                if name.endswith("_url"):
-                    found += url_secrets(value.get_secret_value())
             elif isinstance(value, str) and name.endswith("_url"):
                 found += url_secrets(value)
         return [s for s in found if s]
