@@ -32,7 +32,7 @@ from monitoring.rules import NO_DATA, Alert, RuleEngine, State
 from monitoring.settings import MonitorSettings
 from monitoring.sinks import AlertmanagerSink, AlertSink, KafkaAlertSink, LogSink
 from monitoring.windows import ALL, WindowStore
-from workers.messages import StatsMessage
+from service.wire import StatsMessage
 
 log = structlog.get_logger("zeroproof.monitor")
 Clock = Callable[[], float]

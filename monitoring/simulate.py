@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workers.messages import Counts, ShadowCounts, StatsMessage
+from service.wire import Counts, ShadowCounts, StatsMessage
 
 
 class SimClock:

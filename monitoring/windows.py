@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from workers.messages import OTHER_LABEL_VALUE, StatsMessage
+from service.wire import OTHER_LABEL_VALUE, StatsMessage
 
 FIELDS = (
     "total",

@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"invalid setting ZEROPROOF_METRICS_PORT (--metrics-port): cannot listen: {exc}")
     log.info("starting", settings=settings.redacted())
 
-    from workers.review import RedisReviewStore
+    from service.review import RedisReviewStore
     from workers.transport.kafka import KafkaConsumerTransport, KafkaProducerTransport
     from workers.worker import Worker
 

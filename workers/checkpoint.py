@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.review import ReviewSink, ReviewStoreError
 from workers.metrics import WorkerMetrics
 from workers.pipeline import BatchOutcome, Outgoing
-from workers.review import ReviewSink, ReviewStoreError
 from workers.transport.base import (
     Consumer,
     DeliveryHandle,

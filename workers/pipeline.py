@@ -23,8 +23,8 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
-from workers.fallback import FallbackChain
-from workers.messages import (
+from service.review import ReviewItem
+from service.wire import (
     DLQ_SCHEMA,
     OTHER_LABEL_VALUE,
     OUTPUT_SCHEMA,
@@ -33,6 +33,7 @@ from workers.messages import (
     ShadowCounts,
     StatsMessage,
 )
+from workers.fallback import FallbackChain
 from workers.model import ModelOutputError, ModelRuntime
 from workers.settings import RECORD_OVERHEAD_BYTES
 from workers.transport.base import Record, RecordRefusedError, TopicPartition
@@ -83,17 +84,6 @@ class Outgoing:
     headers: tuple[tuple[str, bytes], ...] = ()
     kind: str = "output"
     source: str | None = None
-
-
-@dataclass(slots=True)
-class ReviewItem:
-    """A ⊥ input for the Redis review log; ``record`` is the JSON document stored once per source record
-    (``source`` = ``topic:partition:offset`` of the input, so a redelivery is the same record)."""
-
-    input_id: str
-    source: str
-    record: bytes
-    score: float
 
 
 @dataclass(slots=True)

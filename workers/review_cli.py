@@ -98,7 +98,7 @@ def _settings(args: argparse.Namespace) -> WorkerSettings:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from workers.review import RedisReviewStore
+    from service.review import RedisReviewStore
 
     s = _settings(args)
     return RedisReviewStore(s.redis_client(), s.redis_key_prefix)
@@ -203,7 +203,7 @@ def _ack(args: argparse.Namespace) -> int:
 @_reports_redis_errors
 def _replay(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from workers.review import RedisReviewStore
+    from service.review import RedisReviewStore
 
     store = RedisReviewStore(settings.redis_client(), settings.redis_key_prefix)
     rec = _pick(store, args)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from service.review import ReviewSink
 from workers.checkpoint import Checkpoint
 from workers.fallback import FallbackChain
 from workers.metrics import WorkerMetrics
@@ -31,7 +32,6 @@ from workers.pipeline import (
     replace_refused,
     stats_message,
 )
-from workers.review import ReviewSink
 from workers.settings import WorkerSettings
 from workers.transport.base import Consumer, Producer, ProducerFactory, Record, TopicPartition, UndecodableInputError
 

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from embedded.arm_events import ArmFleet, ScenarioConfig, schedule
-from workers.messages import InputMessage
+from service.wire import InputMessage
 
 pytestmark = pytest.mark.unit
 

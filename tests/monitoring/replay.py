@@ -19,7 +19,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from monitoring.service import MonitorService
 from monitoring.settings import MonitorSettings
 from monitoring.simulate import SimClock, encode
-from workers.messages import StatsMessage
+from service.wire import StatsMessage
 
 
 def unique(prefix: str) -> str:

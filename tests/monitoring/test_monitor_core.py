@@ -10,8 +10,8 @@ from prometheus_client import generate_latest
 from monitoring.rules import COVERAGE, Alert, State
 from monitoring.service import Monitor
 from monitoring.simulate import Phase, SimClock, Stream, encode, generate
+from service.wire import Counts, StatsMessage
 from tests.monitoring.conftest import T0, ListSink, fast_settings
-from workers.messages import Counts, StatsMessage
 
 pytestmark = pytest.mark.unit
 

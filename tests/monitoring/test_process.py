@@ -12,9 +12,9 @@ import pytest
 from kafka import KafkaProducer
 
 from monitoring.simulate import encode
+from service.wire import Counts, StatsMessage
 from tests.monitoring.replay import read_topic, unique, wall_clock_monitor_env
 from tests.support.services import create_topics, free_port
-from workers.messages import Counts, StatsMessage
 
 pytestmark = pytest.mark.integration
 

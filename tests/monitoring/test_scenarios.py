@@ -16,11 +16,11 @@ import pytest
 from monitoring.rules import BOTTOM_RISE, COVERAGE, GAP, NO_DATA
 from monitoring.settings import MonitorSettings
 from monitoring.simulate import Phase, SimClock, Stream, generate
+from service.wire import StatsMessage
 from tests.monitoring.conftest import T0, fast_settings
 from tests.monitoring.replay import Publisher, alerts_for, read_topic, start_monitor, unique
 from tests.monitoring.truth import coverage, window_sums
 from tests.support.services import create_topics
-from workers.messages import StatsMessage
 
 pytestmark = pytest.mark.integration
 

@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitoring.windows import LABEL, OTHER_VALUE, SHADOW, SeriesKey, WindowCounts, WindowStore, shadow_value
+from service.wire import Counts, ShadowCounts, StatsMessage
 from tests.monitoring.conftest import T0
-from workers.messages import Counts, ShadowCounts, StatsMessage
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from workers.messages import StatsMessage
+from service.wire import StatsMessage
 
 
 def window_sums(msgs: Sequence[StatsMessage], version: str, end: float, length: float) -> tuple[int, int, int]:

@@ -13,8 +13,8 @@ from typing import Any
 import psutil
 import redis
 
+from service.review import RedisReviewStore
 from tests.workers.helpers import Topics
-from workers.review import RedisReviewStore
 
 
 def fast_producer(bootstrap: str, **extra: Any) -> Any:

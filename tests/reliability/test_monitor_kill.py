@@ -18,11 +18,11 @@ import pytest
 from kafka import KafkaProducer
 
 from monitoring.simulate import encode
+from service.wire import Counts, StatsMessage
 from tests.monitoring.replay import read_topic, unique, wall_clock_monitor_env
 from tests.reliability.common import scrape, wait_until
 from tests.reliability.figures import record
 from tests.support.services import create_topics, free_port
-from workers.messages import Counts, StatsMessage
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

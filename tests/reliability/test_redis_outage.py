@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from service.review import RedisReviewStore
 from tests.reliability.common import Sampler, Stream, review_records, scrape, wait_until
 from tests.reliability.figures import record
 from tests.support.services import free_port, wait_for_port
 from tests.workers.helpers import TopicReader, Topics, WorkerProc, msg
 from tests.workers.test_integration import _committed, bottom_ids, feature_for, worker_env
-from workers.review import RedisReviewStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

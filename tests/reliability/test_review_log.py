@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from service.review import RedisReviewStore
 from tests.reliability.common import wait_until
 from tests.reliability.figures import record
 from tests.reliability.test_security import run_worker
@@ -25,7 +26,6 @@ from tests.support.services import start_redis
 from tests.workers.helpers import POLE, TopicReader, Topics, WorkerProc, msg, produce
 from tests.workers.test_integration import _committed, worker_env
 from tests.workers.test_review_cli import review
-from workers.review import RedisReviewStore
 
 pytestmark = [pytest.mark.integration]
 

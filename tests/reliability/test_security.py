@@ -23,13 +23,13 @@ import psutil
 import pytest
 import redis
 
+from service.review import RedisReviewStore
 from tests.reliability.common import scrape_text, wait_until
 from tests.reliability.figures import record
 from tests.support.services import free_port, start_redis, wait_for_port
 from tests.workers.helpers import POLE, REPO, TopicReader, Topics, WorkerProc, known_pole_bundle, msg, produce
 from tests.workers.test_integration import worker_env
 from tests.workers.test_review_cli import item
-from workers.review import RedisReviewStore
 from workers.settings import WorkerSettings
 from workers.transport import kafka as kafka_transport
 

@@ -24,6 +24,7 @@ import pytest
 from kafka import KafkaProducer
 
 from monitoring.simulate import encode
+from service.wire import Counts, StatsMessage
 from tests.monitoring.replay import read_topic, unique, wall_clock_monitor_env
 from tests.reliability.common import wait_until
 from tests.reliability.figures import record
@@ -32,7 +33,6 @@ from tests.support.services import create_topics, free_port, start_redis, tansu_
 from tests.workers.helpers import POLE, REPO, TopicReader, Topics, WorkerProc, msg, produce
 from tests.workers.test_integration import worker_env
 from tests.workers.test_review_cli import review
-from workers.messages import Counts, StatsMessage
 
 pytestmark = [pytest.mark.integration]
 

@@ -18,9 +18,9 @@ import pytest
 import redis
 import torch
 
+from service.review import RedisReviewStore
 from tests.support.services import start_redis
 from tests.workers.helpers import POLE, TopicReader, Topics, WorkerProc, known_pole_bundle, msg, produce
-from workers.review import RedisReviewStore
 from zeroproof.export import load_servable
 from zeroproof.inference import InferenceConfig, strict_inference
 

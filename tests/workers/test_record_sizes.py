@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 import pytest
 
+from service.wire import OTHER_LABEL_VALUE, DLQMessage, StatsMessage
 from tests.workers.helpers import known_pole_bundle, msg
 from tests.workers.test_worker_loop import committed_total, make, spin
 from workers.fallback import HoldLastSafe, build_chain
-from workers.messages import OTHER_LABEL_VALUE, DLQMessage, StatsMessage
 from workers.model import load_runtime
 from workers.pipeline import (
     ENTITY_MAX_CHARS,

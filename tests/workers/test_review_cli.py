@@ -11,9 +11,8 @@ import orjson
 import pytest
 import redis
 
+from service.review import RedisReviewStore, ReviewItem
 from tests.workers.helpers import REPO, TopicReader, Topics
-from workers.pipeline import ReviewItem
-from workers.review import RedisReviewStore
 
 pytestmark = pytest.mark.integration
 

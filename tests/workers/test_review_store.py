@@ -7,10 +7,10 @@ import orjson
 import pytest
 import redis
 
+from service.review import RedisReviewStore, ReviewStoreError
 from tests.support.services import start_redis
 from tests.workers.helpers import Topics
 from tests.workers.test_review_cli import item
-from workers.review import RedisReviewStore, ReviewStoreError
 
 pytestmark = pytest.mark.integration
 

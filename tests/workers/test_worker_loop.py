@@ -11,12 +11,11 @@ from typing import Any
 import pytest
 import structlog
 
+from service.review import ReviewItem, ReviewStoreError
 from tests.workers.helpers import known_pole_bundle, msg
 from workers.fallback import build_chain
 from workers.metrics import WorkerMetrics
 from workers.model import load_runtime
-from workers.pipeline import ReviewItem
-from workers.review import ReviewStoreError
 from workers.settings import WorkerSettings
 from workers.transport.base import UndecodableInputError
 from workers.transport.memory import InMemoryBroker, InMemoryConsumer, InMemoryProducer

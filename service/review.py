@@ -33,8 +33,6 @@ from typing import Any, Protocol, cast
 import orjson
 import redis
 
-from workers.pipeline import ReviewItem
-
 _RECORD = """
 local created = redis.call('HSETNX', KEYS[1], 'record', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
@@ -59,6 +57,17 @@ return 1
 
 #: Memory policies under which Redis may evict keys without an expiry, i.e. review records.
 EVICTING_POLICIES = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
+
+
+@dataclass(slots=True)
+class ReviewItem:
+    """A ⊥ input for the review log: ``record`` is the JSON document stored once per source record (``source`` =
+    ``topic:partition:offset`` of the input, so a redelivery is the same record)."""
+
+    input_id: str
+    source: str
+    record: bytes
+    score: float
 
 
 def _text(v: Any) -> str:
