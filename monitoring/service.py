@@ -285,7 +285,7 @@ def _consumer(settings: MonitorSettings, suffix: str, **extra: Any) -> Any:
         **settings.kafka_client(),
         group_id=None,
         enable_auto_commit=False,
-        client_id=f"{settings.group_id}-{suffix}",
+        client_id=f"{settings.monitor_client_id}-{suffix}",
         fetch_max_wait_ms=50,
         request_timeout_ms=int(settings.kafka_timeout * 1000),
         bootstrap_timeout_ms=int(settings.kafka_timeout * 1000),
@@ -389,7 +389,7 @@ def build_sinks(settings: MonitorSettings, clock: Clock) -> list[AlertSink]:
         KafkaAlertSink(
             settings.kafka_client(),
             settings.alerts_topic,
-            settings.group_id,
+            settings.monitor_client_id,
             settings.kafka_timeout,
             settings.producer_compression,
         ),

@@ -8,99 +8,83 @@ configuration is reported as one line naming the setting (:func:`load_settings`)
 from __future__ import annotations
 
 import argparse
-import math
-import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from service.alertmanager import AlertmanagerSettings
 from service.kafka import KafkaConnectionSettings
-from service.settings import ServiceSettings
-from zeroproof.utils.settings import (
-    ENV_PREFIX,
-    NamedSettingError,
-    load_settings_from,
-    settings_arg_parser,
-)
-from zeroproof.utils.settings import SettingsError as SettingsError  # re-exported for callers
+from service.logs import LogLevel
+from service.settings import Duration, NamedSettingError, ServiceSettings
+from service.settings import SettingsError as SettingsError  # re-exported for callers
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m|h)?\s*$")
-
-
-def parse_duration(value: Any) -> float:
-    """``300``, ``"300"``, ``"5m"`` → 300.0 seconds; negative or non-finite durations are rejected."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or e.g. '5m'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        m = _DURATION.match(value)
-        if m is None:
-            raise ValueError(f"{value!r} is not a duration (seconds, or a number with ms/s/m/h)")
-        seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    else:
-        raise ValueError("a duration is a number of seconds or e.g. '5m'")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError("a duration must be finite and >= 0")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class MonitorSettings(KafkaConnectionSettings, AlertmanagerSettings, ServiceSettings):
-    """Everything the monitor reads at start-up. Defaults follow the seed: coverage < 90%, gap > 5%, ⊥ rise."""
+    """The monitor: windows, rules and sinks. Defaults follow the seed: coverage < 90%, gap > 5%, ⊥ rise."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", case_sensitive=False)
+    # --- topics and endpoints (contract §2)
+    kafka_timeout: Duration = Field(default=30.0, description="request and bootstrap timeout of its Kafka clients")
+    stats_topic: str = Field(default="zeroproof.stats", min_length=1, description="the workers' per-batch stats")
+    alerts_topic: str = Field(
+        default="zeroproof.alerts", min_length=1, description="alert events; also read back after a restart"
+    )
+    monitor_client_id: str = Field(
+        default="zeroproof-monitor",
+        min_length=1,
+        validation_alias=AliasChoices("monitor_client_id", "ZEROPROOF_MONITOR_CLIENT_ID", "ZEROPROOF_GROUP_ID"),
+        description="prefix of its Kafka client ids (joins no group; ZEROPROOF_GROUP_ID is still read)",
+    )
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus endpoint port; 0 = off")
+    metrics_host: str = Field(default="0.0.0.0", min_length=1, description="bind address of the metrics endpoint")
+    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        default="none", description="compression of the alert records it produces"
+    )
 
-    # Shared with the workers (contract §2); Kafka and Alertmanager connections are the parts of ``service``.
-    kafka_timeout: Duration = 30.0
-    stats_topic: str = Field(default="zeroproof.stats", min_length=1)
-    alerts_topic: str = Field(default="zeroproof.alerts", min_length=1)
-    group_id: str = Field(default="zeroproof-monitor", min_length=1)
-    metrics_port: int = Field(default=0, ge=0, le=65535)
-    metrics_host: str = "0.0.0.0"
-    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    # --- aggregation
+    monitor_label: str | None = Field(
+        default=None, description="input label to break rates down by (workers must list it in STATS_LABELS)"
+    )
+    short_window: Duration = Field(default=300.0, description="the window the rules judge")
+    long_window: Duration = Field(default=3600.0, description="the long window (and the ⊥-rise baseline)")
+    bucket: Duration = Field(default=5.0, description="aggregation bucket; windows are multiples of it")
+    eval_interval: Duration = Field(default=15.0, description="rules are evaluated at multiples of this")
+    allowed_lateness: Duration = Field(default=5.0, description="how late a batch may arrive and still count")
+    worker_idle_after: Duration = Field(
+        default=60.0, description="a worker this far behind that sends nothing no longer holds evaluation back"
+    )
+    max_series_labels: int = Field(
+        default=200, ge=1, description="label values per model version; the rest pooled as __other__"
+    )
+    max_clock_skew: Duration = Field(default=600.0, description="stats from further in the future are skipped")
 
-    # Aggregation.
-    monitor_label: str | None = None
-    short_window: Duration = 300.0
-    long_window: Duration = 3600.0
-    bucket: Duration = 5.0
-    eval_interval: Duration = 15.0
-    allowed_lateness: Duration = 5.0
-    worker_idle_after: Duration = 60.0
-    max_series_labels: int = Field(default=200, ge=1)
-    max_clock_skew: Duration = 600.0
+    # --- rules: thresholds, clear levels (hysteresis), pending durations
+    coverage_threshold: Rate = Field(default=0.90, description="coverage_low fires below this")
+    coverage_clear: Rate = Field(default=0.92, description="... and resolves at or above this")
+    coverage_pending: Duration = Field(default=60.0, description="... after holding this long")
+    gap_threshold: Rate = Field(default=0.05, description="gap_rate_high fires above this")
+    gap_clear: Rate = Field(default=0.04, description="... and resolves at or below this")
+    gap_pending: Duration = Field(default=60.0, description="... after holding this long")
+    bottom_rise_factor: float = Field(default=3.0, ge=1.0, description="bottom_rate_rise: short ⊥ rate vs baseline")
+    bottom_rise_floor: Rate = Field(default=0.02, description="... and at least this ⊥ rate")
+    bottom_rise_clear_factor: float = Field(default=1.5, ge=1.0, description="... resolves below this factor")
+    bottom_rise_clear_floor: Rate = Field(default=0.01, description="... or below this rate")
+    bottom_rise_pending: Duration = Field(default=60.0, description="... after holding this long")
+    bottom_rise_max_p: float = Field(
+        default=1e-4, gt=0.0, le=1.0, description="significance the rise must reach (one-sided binomial test)"
+    )
+    min_volume: int = Field(default=200, ge=0, description="predictions in the short window needed to judge")
+    baseline_min_volume: int = Field(default=1000, ge=0, description="predictions in the baseline for the ⊥ rise")
+    clear_for: Duration = Field(default=60.0, description="the clear level must hold this long before resolving")
+    no_data_after: Duration = Field(default=120.0, description="silence that fires no_data")
 
-    # Rules (value thresholds, clear levels for hysteresis, pending durations).
-    coverage_threshold: Rate = 0.90
-    coverage_clear: Rate = 0.92
-    coverage_pending: Duration = 60.0
-    gap_threshold: Rate = 0.05
-    gap_clear: Rate = 0.04
-    gap_pending: Duration = 60.0
-    bottom_rise_factor: float = Field(default=3.0, ge=1.0)
-    bottom_rise_floor: Rate = 0.02
-    bottom_rise_clear_factor: float = Field(default=1.5, ge=1.0)
-    bottom_rise_clear_floor: Rate = 0.01
-    bottom_rise_pending: Duration = 60.0
-    bottom_rise_max_p: float = Field(default=1e-4, gt=0.0, le=1.0)
-    min_volume: int = Field(default=200, ge=0)
-    baseline_min_volume: int = Field(default=1000, ge=0)
-    clear_for: Duration = 60.0
-    no_data_after: Duration = 120.0
-
-    # Sinks.
-    alertmanager_resend: Duration = 60.0
-    alertmanager_timeout: Duration = 5.0
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_json: bool = True
+    # --- sinks
+    alertmanager_resend: Duration = Field(default=60.0, description="re-send period of firing alerts")
+    alertmanager_timeout: Duration = Field(default=5.0, description="per POST to Alertmanager")
+    log_level: LogLevel = Field(default="info", description="debug, info, warning or error")
+    log_json: bool = Field(default=True, description="JSON lines (false: human-readable console lines)")
 
     @field_validator("monitor_label")
     @classmethod
@@ -147,15 +131,13 @@ def _field_error(name: str, msg: str) -> NamedSettingError:
     return NamedSettingError(name, msg)
 
 
+DESCRIPTION = "Aggregates zeroproof.stats and fires alerts. Every flag overrides its ZEROPROOF_* variable."
+
+
 def build_arg_parser(prog: str = "zeroproof-monitor") -> argparse.ArgumentParser:
-    return settings_arg_parser(
-        MonitorSettings,
-        prog,
-        "Aggregates zeroproof.stats and fires alerts. Every flag overrides its ZEROPROOF_* variable.",
-        show_defaults=True,
-    )
+    return MonitorSettings.arg_parser(prog, DESCRIPTION)
 
 
 def load_settings(argv: Sequence[str] | None = None, **overrides: Any) -> MonitorSettings:
     """Environment, then CLI flags, then ``overrides``; raises :class:`SettingsError` with one clear line."""
-    return load_settings_from(build_arg_parser(), MonitorSettings, argv, overrides)
+    return MonitorSettings.load(argv, "zeroproof-monitor", DESCRIPTION, **overrides)

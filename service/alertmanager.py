@@ -15,10 +15,16 @@ from service.secrets import redact_url, url_secrets
 
 
 class AlertmanagerSettings(BaseSettings):
+    """Alertmanager connection (the monitor's webhook).
+
+    Credentials go in an ``Authorization`` header, never in the URL that is called or logged."""
+
     alertmanager_url: str | None = Field(default=None, description="http(s)://host:9093 of Alertmanager (v2 API)")
     alertmanager_username: str | None = Field(default=None, description="basic auth user")
-    alertmanager_password: SecretStr | None = Field(default=None, description="basic auth password")
-    alertmanager_bearer_token: SecretStr | None = Field(default=None, description="bearer token (instead of basic)")
+    alertmanager_password: SecretStr | None = Field(default=None, description="basic auth password (secret)")
+    alertmanager_bearer_token: SecretStr | None = Field(
+        default=None, description="bearer token instead of basic auth (secret)"
+    )
     alertmanager_ca_file: Path | None = Field(default=None, description="CA bundle for an https:// Alertmanager")
 
     @field_validator("alertmanager_url")

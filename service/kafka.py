@@ -27,18 +27,24 @@ def check_bootstrap(value: str) -> str:
 
 
 class KafkaConnectionSettings(BaseSettings):
-    """Bootstrap servers and security; secrets stay ``SecretStr`` until :meth:`kafka_security` unwraps them."""
+    """Kafka connection (every service, TLS and SASL included).
 
-    kafka_bootstrap: str = Field(default="localhost:9092", description="host:port[,host:port...]")
-    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
-    kafka_sasl_mechanism: SaslMechanism | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
+    Secrets stay ``SecretStr`` until :meth:`kafka_security` unwraps them."""
+
+    kafka_bootstrap: str = Field(default="localhost:9092", description="brokers, host:port[,host:port...]")
+    kafka_security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        default=None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER (needed for SASL_*)"
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password (secret)")
     kafka_ssl_cafile: Path | None = Field(default=None, description="CA bundle that signed the brokers' certificates")
     kafka_ssl_certfile: Path | None = Field(default=None, description="client certificate (mutual TLS)")
     kafka_ssl_keyfile: Path | None = Field(default=None, description="client key (mutual TLS)")
-    kafka_ssl_password: SecretStr | None = Field(default=None, description="password of the client key")
-    kafka_ssl_check_hostname: bool = True
+    kafka_ssl_password: SecretStr | None = Field(default=None, description="password of the client key (secret)")
+    kafka_ssl_check_hostname: bool = Field(default=True, description="check the broker certificate's host name")
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings
 
 from service.secrets import UrlShapeError, redact_url, split_userinfo, url_secrets
+from service.settings import Duration
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -42,15 +43,18 @@ def check_redis_url(url: str) -> None:
 
 
 class RedisConnectionSettings(BaseSettings):
-    """Where Redis is and how to authenticate; secrets stay ``SecretStr`` until a client is built."""
+    """Redis connection (the review log).
+
+    Secrets stay ``SecretStr`` until a client is built."""
 
     redis_url: SecretStr = Field(
         default=SecretStr("redis://localhost:6379/0"),
-        description="redis://[user:password@]host:port/db (rediss:// for TLS, unix:// for a socket)",
+        description="redis://[user:password@]host:port/db (rediss:// for TLS, unix:// for a socket); percent-encode "
+        "special characters of a password",
     )
-    redis_password: SecretStr | None = Field(default=None, description="AUTH password (instead of in the URL)")
+    redis_password: SecretStr | None = Field(default=None, description="AUTH password instead of in the URL (secret)")
     redis_ssl_ca_file: Path | None = Field(default=None, description="CA bundle for rediss://")
-    redis_timeout_s: float = Field(default=2.0, gt=0, description="socket and connect timeout, seconds")
+    redis_timeout_s: Duration = Field(default=2.0, gt=0, description="socket and connect timeout")
 
     @field_validator("redis_url")
     @classmethod

@@ -3,7 +3,8 @@
 Every field ``foo_bar`` is read from ``ZEROPROOF_FOO_BAR`` and can be overridden with ``--foo-bar``. List-like
 settings are comma-separated strings (so that env and flags look the same). Secrets are ``SecretStr``: they
 print as ``**********`` and are only unwrapped where a client is built. Invalid configuration is reported as
-one line naming the setting (:func:`load_settings`), never a traceback.
+one line naming the setting (:func:`load_settings`), never a traceback. The reference (docs/configuration.md
+and ``--help``) is generated from the field descriptions.
 """
 
 from __future__ import annotations
@@ -14,21 +15,22 @@ import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from service.kafka import KafkaConnectionSettings
+from service.logs import LogLevel
 from service.redis import RedisConnectionSettings
-from service.settings import ServiceSettings
-from zeroproof.utils.settings import ENV_PREFIX, NamedSettingError, load_settings_from, settings_arg_parser
-from zeroproof.utils.settings import SettingsError as SettingsError  # re-exported for callers
+from service.settings import Duration, Milliseconds, NamedSettingError, ServiceSettings, parse_duration
+from service.settings import SettingsError as SettingsError  # re-exported for callers
 
 Policy = Literal["accept", "fallback", "reject"]
 #: Room kept in a produce request for what a record adds to its input's bytes (output fields, DLQ fields).
 RECORD_OVERHEAD_BYTES = 16 * 1024
 FALLBACK_KINDS = ("hold_last", "constant", "external")
+#: Milliseconds with a fraction (the batch deadline may be below 1 ms).
+PreciseMilliseconds = Annotated[float, BeforeValidator(lambda v: parse_duration(v, "ms") * 1000)]
 
 
 def _default_worker_id() -> str:
@@ -68,90 +70,119 @@ def parse_threshold_pairs(text: str) -> list[tuple[float, float | None]]:
 
 
 class WorkerSettings(KafkaConnectionSettings, RedisConnectionSettings, ServiceSettings):
-    """All worker settings; see docs/configuration.md for the table. Kafka and Redis connection settings are the
-    shared parts of ``service.kafka`` and ``service.redis``."""
+    """The worker: model, topics, batching, delivery, routing and observability; see docs/configuration.md."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
-
-    # --- endpoints and topics (contract §2)
-    model: Path | None = None
-    model_sha256: str | None = None
-    tau_infer: float | None = None
-    tau_train: float | None = None
-    thresholds_file: Path | None = None
-    input_topic: str = "zeroproof.inputs"
-    output_topic: str = "zeroproof.outputs"
-    fallback_topic: str = "zeroproof.fallback"
-    dlq_topic: str = "zeroproof.dlq"
-    stats_topic: str = "zeroproof.stats"
-    alerts_topic: str = "zeroproof.alerts"
-    group_id: str = "zeroproof-worker"
-    worker_id: str = Field(default_factory=_default_worker_id)
-    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # --- model and topics (contract §2)
+    model: Path | None = Field(default=None, description="model bundle or TorchScript file to serve (required)")
+    model_sha256: str | None = Field(default=None, description="refuse a model file whose sha256 is not this")
+    tau_infer: float | None = Field(
+        default=None, description="⊥ below this |D|; overrides the bundle's (contract default 1e-6)"
+    )
+    tau_train: float | None = Field(
+        default=None, description="gap below this |D|; overrides the bundle's (contract default 1e-4)"
+    )
+    thresholds_file: Path | None = Field(
+        default=None, description="JSON {tau_infer, tau_train} watched for hot reload; wins over the settings"
+    )
+    input_topic: str = Field(default="zeroproof.inputs", min_length=1, description="topic of the input messages")
+    output_topic: str = Field(default="zeroproof.outputs", min_length=1, description="one output per valid input")
+    fallback_topic: str = Field(
+        default="zeroproof.fallback", min_length=1, description="requests for the external fallback controller"
+    )
+    dlq_topic: str = Field(default="zeroproof.dlq", min_length=1, description="inputs that cannot be served")
+    stats_topic: str = Field(
+        default="zeroproof.stats", min_length=1, description="one record per batch, for the monitor"
+    )
+    alerts_topic: str = Field(
+        default="zeroproof.alerts", min_length=1, description="the monitor's alerts topic (unused by the worker)"
+    )
+    group_id: str = Field(default="zeroproof-worker", min_length=1, description="the workers' Kafka consumer group")
+    worker_id: str = Field(
+        default_factory=_default_worker_id, description="names this worker in outputs, stats and logs (host-pid)"
+    )
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus endpoint port; 0 = off")
     metrics_host: str = Field(default="0.0.0.0", min_length=1, description="bind address of the metrics endpoint")
 
     # --- batching and flow control
-    max_batch_size: int = Field(default=1024, ge=1, le=100_000)
-    max_batch_delay_ms: float = Field(default=20.0, gt=0, le=60_000)
-    max_in_flight_batches: int = Field(default=1, ge=1, le=64)
+    max_batch_size: int = Field(default=1024, ge=1, le=100_000, description="records per micro-batch at most")
+    max_batch_delay_ms: PreciseMilliseconds = Field(
+        default=20.0, gt=0, le=60_000, description="a batch is dispatched when its first record is this old"
+    )
+    max_in_flight_batches: int = Field(
+        default=1, ge=1, le=64, description="batches sent but not committed; the crash duplicate bound"
+    )
     prepare_ahead: bool = Field(default=True, description="compute the next batch while one awaits its acks")
     dispatch_when_idle: bool = Field(
         default=True, description="start a batch as soon as the compute stage is free, not at the deadline"
     )
-    max_poll_records: int = Field(default=2048, ge=1)
-    drain_timeout_s: float = Field(default=10.0, gt=0)
-    device: str = "auto"
+    max_poll_records: int = Field(default=2048, ge=1, description="records one poll returns at most")
+    drain_timeout_s: Duration = Field(
+        default=10.0, gt=0, description="on SIGTERM or revoke, wait this long for in-flight batches"
+    )
+    device: str = Field(default="auto", description="auto (CUDA when present), cpu or cuda[:N]")
     torch_threads: int = Field(
         default=1, ge=0, description="torch intra-op threads for the model on CPU; 0 = torch's default (one per core)"
     )
 
     # --- kafka client
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    session_timeout_ms: int = Field(default=10_000, ge=1000)
-    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
-    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
-    fetch_max_wait_ms: int = Field(default=5, ge=0)
-    producer_linger_ms: int = Field(default=0, ge=0)
-    producer_batch_size: int = Field(default=262_144, ge=1024)
-    producer_acks: Literal["all", "1"] = "all"
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        default="earliest", description="where a new consumer group starts"
+    )
+    session_timeout_ms: Milliseconds = Field(default=10_000, ge=1000, description="consumer group session timeout")
+    heartbeat_interval_ms: Milliseconds = Field(default=3_000, ge=100, description="consumer heartbeat interval")
+    max_poll_interval_ms: Milliseconds = Field(
+        default=300_000, ge=1000, description="longest gap between polls before the group evicts the worker"
+    )
+    fetch_max_wait_ms: Milliseconds = Field(default=5, ge=0, description="how long the broker may hold a fetch")
+    producer_linger_ms: Milliseconds = Field(default=0, ge=0, description="producer linger (0: send at once)")
+    producer_batch_size: int = Field(default=262_144, ge=1024, description="producer batch size, bytes")
+    producer_acks: Literal["all", "1"] = Field(default="all", description="acknowledgements the producer waits for")
     producer_max_request_bytes: int = Field(
         default=2**20,
         ge=64 * 1024,
         description="largest record the worker produces (the broker's message.max.bytes must allow it)",
     )
-    producer_stall_s: float = Field(default=5.0, gt=0, description="unacked sends this old: flush, then new producer")
+    producer_stall_s: Duration = Field(
+        default=5.0, gt=0, description="sends unacknowledged this long: flush, then a new producer"
+    )
     producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
         default="none", description="compression of the record batches the worker produces (docs/worker.md: cost)"
     )
-    undecodable_retry_s: float = Field(
+    undecodable_retry_s: Duration = Field(
         default=30.0, ge=0, description="retry an input partition held at an undecodable batch; 0 = never"
     )
 
-    # --- redis client
-    redis_key_prefix: str = "zeroproof:review"
+    # --- review log
+    redis_key_prefix: str = Field(default="zeroproof:review", min_length=1, description="prefix of the review keys")
     redis_allow_eviction: bool = Field(
         default=False, description="start even if Redis may evict review records (allkeys-* policy with maxmemory)"
     )
 
     # --- start-up
-    startup_max_backoff_s: float = Field(default=30.0, gt=0)
-    startup_timeout_s: float = Field(default=0.0, ge=0, description="0 = keep retrying until stopped")
+    startup_max_backoff_s: Duration = Field(
+        default=30.0, gt=0, description="longest wait between retries of Redis and Kafka at start-up"
+    )
+    startup_timeout_s: Duration = Field(
+        default=0.0, ge=0, description="give up start-up after this long; 0 = keep retrying until stopped"
+    )
 
     # --- routing
-    policy_ok: Policy = "accept"
-    policy_gap: Policy = "fallback"
-    policy_bottom: Policy = "fallback"
-    fallback_controllers: str = "hold_last,external"
-    fallback_max_age_s: float = Field(default=5.0, gt=0)
-    fallback_constant: str = ""
-    fallback_max_entities: int = Field(default=100_000, ge=1)
+    policy_ok: Policy = Field(default="accept", description="action for ok outputs: accept, fallback or reject")
+    policy_gap: Policy = Field(default="fallback", description="action for gap outputs")
+    policy_bottom: Policy = Field(default="fallback", description="action for ⊥ outputs")
+    fallback_controllers: str = Field(
+        default="hold_last,external", description="controllers tried in order: hold_last, constant, external"
+    )
+    fallback_max_age_s: Duration = Field(default=5.0, gt=0, description="hold_last holds a value this long at most")
+    fallback_constant: str = Field(default="", description="the constant controller's value(s), comma list")
+    fallback_max_entities: int = Field(default=100_000, ge=1, description="entities hold_last remembers at most")
     fallback_max_bytes: int = Field(
         default=64 * 2**20, ge=2**16, description="memory bound of hold_last (entities + values), bytes"
     )
 
-    # --- observability
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    kafka_log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    # --- observability and limits
+    log_level: LogLevel = Field(default="info", description="debug, info, warning or error")
+    kafka_log_level: LogLevel = Field(default="warning", description="level of the Kafka client's own log")
     bottom_log_rate: float = Field(default=10.0, ge=0, description="⊥ log events per second; the rest counted")
     max_message_bytes: int = Field(
         default=256 * 1024,
@@ -159,14 +190,18 @@ class WorkerSettings(KafkaConnectionSettings, RedisConnectionSettings, ServiceSe
         le=900 * 1024,
         description="larger inputs (value + key + headers) go to the DLQ as too_large",
     )
-    stats_labels: str = ""
+    stats_labels: str = Field(default="", description="input label names broken down in stats (comma list)")
     stats_max_label_values: int = Field(
         default=100, ge=1, le=10_000, description="distinct values per stats label and batch; the rest pooled"
     )
-    shadow_thresholds: str = ""
+    shadow_thresholds: str = Field(
+        default="", description="candidate TAU_INFER:TAU_TRAIN pairs counted, not acted on (comma list)"
+    )
 
     # --- hot reload
-    reload_check_s: float = Field(default=2.0, ge=0, description="0 = only on SIGHUP")
+    reload_check_s: Duration = Field(
+        default=2.0, ge=0, description="how often the model and thresholds files are checked; 0 = only on SIGHUP"
+    )
 
     @field_validator("tau_infer", "tau_train")
     @classmethod
@@ -257,14 +292,13 @@ class WorkerSettings(KafkaConnectionSettings, RedisConnectionSettings, ServiceSe
         return self.max_batch_delay_ms / 1000.0
 
 
+DESCRIPTION = "Streaming strict-inference worker. Every flag overrides its ZEROPROOF_* environment variable."
+
+
 def build_arg_parser(prog: str = "zeroproof-worker") -> argparse.ArgumentParser:
-    return settings_arg_parser(
-        WorkerSettings,
-        prog,
-        "Streaming strict-inference worker. Every flag overrides its ZEROPROOF_* environment variable.",
-    )
+    return WorkerSettings.arg_parser(prog, DESCRIPTION)
 
 
 def load_settings(argv: Sequence[str] | None = None, **overrides: Any) -> WorkerSettings:
     """Environment, then CLI flags, then ``overrides``; raises :class:`SettingsError` with one clear line."""
-    return load_settings_from(build_arg_parser(), WorkerSettings, argv, overrides)
+    return WorkerSettings.load(argv, "zeroproof-worker", DESCRIPTION, **overrides)

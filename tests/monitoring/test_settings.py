@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from monitoring.settings import MonitorSettings, SettingsError, load_settings, parse_duration
+from monitoring.settings import MonitorSettings, SettingsError, load_settings
+from service.settings import parse_duration
 
 pytestmark = pytest.mark.unit
 

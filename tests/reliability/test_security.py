@@ -325,8 +325,8 @@ def test_kafka_security_settings_reach_kafka_python(
 
 
 def test_sasl_without_mechanism_is_refused() -> None:
+    from service.settings import SettingsError
     from workers.settings import load_settings
-    from zeroproof.utils.settings import SettingsError
 
     with pytest.raises(SettingsError, match="MECHANISM"):
         load_settings([], kafka_security_protocol="SASL_SSL")
