@@ -40,7 +40,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python bench/decode.py
+	$(BIN)/python -m bench.decode
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -4,7 +4,7 @@ Trains the projective model (≤ 90 s on one CPU thread by default), trains the 
 evaluates both on held-out data bucketed by |det J|, and writes the raw numbers to bench/arm_ik.json (plus the
 bundle, checkpoint and held-out data under runs/). Usage::
 
-    .venv/bin/python bench/arm_ik.py [--seconds 90] [--max-steps 20000] [--seed 0]
+    .venv/bin/python -m bench.arm_ik [--seconds 90] [--max-steps 20000] [--seed 0]
 
 Extra arguments are passed to ``zeroproof train-arm``.
 """
@@ -14,10 +14,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from zeroproof.cli import main
 
-from zeroproof.cli import main  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 if __name__ == "__main__":
     sys.exit(

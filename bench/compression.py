@@ -10,7 +10,7 @@ IO thread) per record, the broker's CPU per record, the record batch bytes the b
 CPU a kafka-python consumer spends reading them back (what every reader of the output topic pays). Medians of
 ``--repeats`` runs, each on a fresh topic of one broker.
 
-    python bench/compression.py [--records 20000] [--repeats 3] [--out bench/results/compression.json]
+    python -m bench.compression [--records 20000] [--repeats 3] [--out bench/results/compression.json]
 """
 
 from __future__ import annotations
@@ -24,22 +24,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.record.memory_records import MemoryRecords
+
+from bench.worker import create_topics
+from harness.services import start_tansu
+from harness.worker import feature_for, known_pole_bundle, msg
+from workers.fallback import build_chain
+from workers.model import load_runtime
+from workers.pipeline import PipelineConfig, Routing, process_batch, stats_message
+from workers.settings import WorkerSettings
+from workers.transport.base import Record
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import psutil  # noqa: E402
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
-from kafka.record.memory_records import MemoryRecords  # noqa: E402
-
-from bench.worker import create_topics  # noqa: E402
-from tests.support.services import start_tansu  # noqa: E402
-from tests.workers.helpers import known_pole_bundle, msg  # noqa: E402
-from tests.workers.test_integration import feature_for  # noqa: E402
-from workers.fallback import build_chain  # noqa: E402
-from workers.model import load_runtime  # noqa: E402
-from workers.pipeline import PipelineConfig, Routing, process_batch, stats_message  # noqa: E402
-from workers.settings import WorkerSettings  # noqa: E402
-from workers.transport.base import Record  # noqa: E402
 
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 PARTITIONS = 4

@@ -12,7 +12,7 @@ never does. The benchmark therefore runs twice, each in its own process with its
 default allocator, and with ``GLIBC_TUNABLES`` raising the mmap/trim thresholds so freed memory is reused (what
 the worker image sets).
 
-Usage: python bench/decode.py [--sizes 1e3,1e4,1e5,1e6,1e7] [--out bench/results/decode.json]
+Usage: python -m bench.decode [--sizes 1e3,1e4,1e5,1e6,1e7] [--out bench/results/decode.json]
 """
 
 from __future__ import annotations

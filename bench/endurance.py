@@ -6,7 +6,7 @@ backlog); the worker's RSS is sampled every 0.5 s together with its own counter 
 is judged after a warm-up (the first 10% of the messages: allocator pools, torch, client buffers filling up):
 the RSS growth from there to the end, and the least-squares slope in MiB per 100,000 messages.
 
-    python bench/endurance.py [--messages 500000] [--out bench/results/endurance.json]
+    python -m bench.endurance [--messages 500000] [--out bench/results/endurance.json]
 """
 
 from __future__ import annotations
@@ -22,17 +22,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
+from kafka import KafkaProducer
+
+from bench.worker import start_worker
+from harness.services import free_port, start_redis, start_tansu
+from zeroproof.export import save_bundle
+from zeroproof.inference import InferenceConfig
+from zeroproof.layers import known_pole_model
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import psutil  # noqa: E402
-from kafka import KafkaProducer  # noqa: E402
-
-from bench.worker import start_worker  # noqa: E402
-from tests.support.services import free_port, start_redis, start_tansu  # noqa: E402
-from zeroproof.export import save_bundle  # noqa: E402
-from zeroproof.inference import InferenceConfig  # noqa: E402
-from zeroproof.layers import known_pole_model  # noqa: E402
 
 POLE = 0.5
 

@@ -9,7 +9,7 @@ Measures, against a real Kafka-protocol broker (tansu started here, or --bootstr
    record on the alerts topic;
 3. false alarms in long steady replays (in-memory core, same code path as the service).
 
-Usage: .venv/bin/python bench/monitor.py [--bootstrap HOST:PORT] [--out bench/results/monitor.json]
+Usage: .venv/bin/python -m bench.monitor [--bootstrap HOST:PORT] [--out bench/results/monitor.json]
 """
 
 from __future__ import annotations
@@ -24,17 +24,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import structlog
+
+from harness.monitor import T0, ListSink, Publisher, start_monitor, steady_streams, unique
+from harness.services import create_topics
+from monitoring.service import Monitor, MonitorService
+from monitoring.settings import MonitorSettings
+from monitoring.simulate import Phase, SimClock, Stream, encode, generate
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import structlog  # noqa: E402
-
-from monitoring.service import Monitor, MonitorService  # noqa: E402
-from monitoring.settings import MonitorSettings  # noqa: E402
-from monitoring.simulate import Phase, SimClock, Stream, encode, generate  # noqa: E402
-from tests.monitoring.conftest import T0, ListSink  # noqa: E402
-from tests.monitoring.replay import Publisher, create_topics, start_monitor, unique  # noqa: E402
-from tests.monitoring.test_steady_replay import steady_streams  # noqa: E402
 
 WORKERS = 8
 
@@ -229,7 +227,7 @@ def main() -> int:
     broker = None
     bootstrap = args.bootstrap
     if bootstrap is None:
-        from tests.support.services import start_tansu
+        from harness.services import start_tansu
 
         broker = start_tansu()
         bootstrap = broker.extra["bootstrap"]
@@ -239,7 +237,7 @@ def main() -> int:
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
             "broker": "tansu (in-memory)" if broker else bootstrap,
-            "command": ".venv/bin/python bench/monitor.py",
+            "command": ".venv/bin/python -m bench.monitor",
             "settings": {
                 k: v
                 for k, v in default_settings().model_dump().items()

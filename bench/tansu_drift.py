@@ -6,7 +6,7 @@ arrives, and the broker's CPU (percent of one core) is sampled every second. A l
 measures the broker while a consumer waits at its end, which tells a cost per fetch of new data from a cost per
 fetch request.
 
-    python bench/tansu_drift.py [--seconds 15] [--out bench/results/tansu_drift.json]
+    python -m bench.tansu_drift [--seconds 15] [--out bench/results/tansu_drift.json]
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+from confluent_kafka import Producer
+
+from bench.worker import cpu_sampler, cpu_series, create_topics, rd_group_consumer
+from harness.services import start_tansu
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import psutil  # noqa: E402
-from confluent_kafka import Producer  # noqa: E402
-
-from bench.worker import cpu_sampler, cpu_series, create_topics, rd_group_consumer  # noqa: E402
-from tests.support.services import start_tansu  # noqa: E402
 
 RATE = 16_000
 VALUE = b"x" * 300

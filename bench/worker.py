@@ -16,7 +16,7 @@ Every measurement gets a fresh broker. The input and output topics have ``--part
 and (a), (b), (d) are repeated on ``--compare-partitions`` (default 4): tansu's memory engine's fetch cost grows
 with the length of the partitions read, much faster with 4 partitions than with 1 (``bench/tansu_drift.py``).
 
-    python bench/worker.py [--messages 30000] [--partitions 1] [--out bench/results/worker.json]
+    python -m bench.worker [--messages 30000] [--partitions 1] [--out bench/results/worker.json]
 """
 
 from __future__ import annotations
@@ -37,21 +37,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import orjson
+import psutil
+import torch
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import OffsetAndMetadata
+
+from harness.load import Sampler
+from harness.services import TEST_CONSUMER_SETTINGS, free_port, start_redis, start_tansu
+from zeroproof.export import load_servable, save_bundle
+from zeroproof.inference import InferenceConfig, strict_inference
+from zeroproof.layers import ProjectiveMLP
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import orjson  # noqa: E402
-import psutil  # noqa: E402
-import torch  # noqa: E402
-from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
-from kafka.structs import OffsetAndMetadata  # noqa: E402
-
-from tests.reliability.common import Sampler  # noqa: E402
-from tests.support.services import TEST_CONSUMER_SETTINGS, free_port, start_redis, start_tansu  # noqa: E402
-from zeroproof.export import load_servable, save_bundle  # noqa: E402
-from zeroproof.inference import InferenceConfig, strict_inference  # noqa: E402
-from zeroproof.layers import ProjectiveMLP  # noqa: E402
 
 FEATURES = 16
 

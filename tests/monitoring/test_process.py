@@ -11,10 +11,10 @@ import urllib.request
 import pytest
 from kafka import KafkaProducer
 
+from harness.monitor import read_topic, unique, wall_clock_monitor_env
+from harness.services import create_topics, free_port
 from monitoring.simulate import encode
 from service.wire import Counts, StatsMessage
-from tests.monitoring.replay import read_topic, unique, wall_clock_monitor_env
-from tests.support.services import create_topics, free_port
 
 pytestmark = pytest.mark.integration
 

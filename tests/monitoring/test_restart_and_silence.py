@@ -6,11 +6,10 @@ import time
 
 import pytest
 
+from harness.monitor import T0, Publisher, alerts_for, fast_settings, read_topic, start_monitor, unique
+from harness.services import create_topics
 from monitoring.rules import BOTTOM_RISE, COVERAGE, FLEET, GAP, NO_DATA
 from monitoring.simulate import Phase, SimClock, Stream, generate
-from tests.monitoring.conftest import T0, fast_settings
-from tests.monitoring.replay import Publisher, alerts_for, read_topic, start_monitor, unique
-from tests.support.services import create_topics
 
 pytestmark = pytest.mark.integration
 

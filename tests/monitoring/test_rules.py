@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import settings as settings_h
 from hypothesis import strategies as st
 
+from harness.monitor import fast_settings
 from monitoring.rules import (
     BOTTOM_RISE,
     COVERAGE,
@@ -22,7 +23,6 @@ from monitoring.rules import (
 )
 from monitoring.settings import MonitorSettings
 from monitoring.windows import WindowCounts
-from tests.monitoring.conftest import fast_settings
 
 pytestmark = pytest.mark.unit
 

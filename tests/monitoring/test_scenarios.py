@@ -13,14 +13,13 @@ from typing import Any
 
 import pytest
 
+from harness.monitor import T0, Publisher, alerts_for, fast_settings, read_topic, start_monitor, unique
+from harness.services import create_topics
 from monitoring.rules import BOTTOM_RISE, COVERAGE, GAP, NO_DATA
 from monitoring.settings import MonitorSettings
 from monitoring.simulate import Phase, SimClock, Stream, generate
 from service.wire import StatsMessage
-from tests.monitoring.conftest import T0, fast_settings
-from tests.monitoring.replay import Publisher, alerts_for, read_topic, start_monitor, unique
 from tests.monitoring.truth import coverage, window_sums
-from tests.support.services import create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -174,9 +173,9 @@ def test_exporter_has_windowed_label_and_shadow_rates(replay: Replay) -> None:
 @pytest.mark.timeout(180)
 def test_broker_replay_equals_in_memory_event_time_evaluation(replay: Replay) -> None:
     """Partition interleaving must not change the outcome: same alerts as feeding the data in event order."""
+    from harness.monitor import ListSink
     from monitoring.service import Monitor
     from monitoring.simulate import encode
-    from tests.monitoring.conftest import ListSink
 
     clock, sink = SimClock(T0), ListSink()
     m = Monitor(replay.settings, [sink], clock)

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from harness.monitor import T0
 from monitoring.rules import COVERAGE, NO_DATA, Alert
 from monitoring.simulate import SimClock
 from monitoring.sinks import AlertmanagerSink, alertmanager_payload
-from tests.monitoring.conftest import T0
 
 pytestmark = pytest.mark.unit
 

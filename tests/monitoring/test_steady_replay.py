@@ -6,43 +6,18 @@ worker at 1 prediction/s, just above the minimum volume, where chance alone move
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
+from harness.monitor import HOURS, T0, Publisher, read_topic, start_monitor, steady_streams, unique
+from harness.services import create_topics
 from monitoring.settings import MonitorSettings
-from monitoring.simulate import Phase, SimClock, Stream, generate
-from tests.monitoring.conftest import T0
-from tests.monitoring.replay import Publisher, read_topic, start_monitor, unique
-from tests.support.services import create_topics
+from monitoring.simulate import SimClock, generate
 
 pytestmark = pytest.mark.integration
 
+
 #: Measured in-memory with this seed: without the ⊥-rise significance guard 3 false alarms, with pending 0 as
 #: well 4; with the defaults 0.
-HOURS = 12.0
-
-
-def drifting(bottom: float, bottom_amp: float, gap: float, gap_amp: float, hours: float) -> list[Phase]:
-    """Rates following a 2-hour sine, stepped every 10 minutes."""
-    step, period = 600.0, 7200.0
-    return [
-        Phase(
-            i * step,
-            bottom + bottom_amp * math.sin(2 * math.pi * i * step / period),
-            gap + gap_amp * math.cos(2 * math.pi * i * step / period),
-        )
-        for i in range(int(hours * 3600 / step) + 1)
-    ]
-
-
-def steady_streams(hours: float) -> list[Stream]:
-    return [
-        Stream("main", drifting(0.01, 0.005, 0.015, 0.005, hours), workers=8, batch=500, period=5.0),
-        Stream("canary", drifting(0.005, 0.002, 0.01, 0.003, hours), workers=1, batch=5, period=5.0),
-    ]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_long_steady_replay_has_no_false_alarms(kafka_bootstrap: str) -> None:

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.monitor import T0
 from monitoring.windows import LABEL, OTHER_VALUE, SHADOW, SeriesKey, WindowCounts, WindowStore, shadow_value
 from service.wire import Counts, ShadowCounts, StatsMessage
-from tests.monitoring.conftest import T0
 
 pytestmark = pytest.mark.unit
 

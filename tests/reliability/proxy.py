@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from tests.support.services import free_port
+from harness.services import free_port
 
 
 class TcpProxy:

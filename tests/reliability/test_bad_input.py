@@ -18,11 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.reliability.common import produce_located, scrape
+from harness.load import produce_located, scrape
+from harness.worker import TopicReader, Topics, WorkerProc, feature_for, known_pole_bundle, msg, rec, worker_env
 from tests.reliability.corpus import RARE, corpus
 from tests.reliability.figures import record
-from tests.workers.helpers import TopicReader, Topics, WorkerProc, known_pole_bundle, msg, rec
-from tests.workers.test_integration import feature_for, worker_env
 from workers.fallback import build_chain
 from workers.model import ModelRuntime, load_runtime
 from workers.pipeline import DLQ_REASONS, PipelineConfig, Routing, process_batch

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.common import wait_until
+from harness.load import wait_until
+from harness.worker import REPO, TopicReader, Topics, WorkerProc, committed_offsets, msg, produce, worker_env
 from tests.reliability.figures import record, results_path
 from tests.workers.bad_models import (
     Mismatch,
@@ -34,8 +35,6 @@ from tests.workers.bad_models import (
     Wide40Rank3,
     script,
 )
-from tests.workers.helpers import REPO, TopicReader, Topics, WorkerProc, msg, produce
-from tests.workers.test_integration import _committed, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +91,7 @@ def test_invalid_output_at_load_exits_2_with_one_line_at_every_restart(
         figures[name] = {"exit_code": 2, "stderr_lines": 1, "seconds_to_exit": [round(s, 2) for s in runs]}
         figures[name]["stderr"] = lines[0].replace(str(tmp_path), "TMP")
     # nothing consumed: no commit, no output, no DLQ record; the inputs wait in Kafka for a fixed model
-    assert sum(_committed(kafka_bootstrap, topics).values()) == 0
+    assert sum(committed_offsets(kafka_bootstrap, topics).values()) == 0
     outs, dlq = TopicReader(kafka_bootstrap, topics.outputs), TopicReader(kafka_bootstrap, topics.dlq)
     try:
         outs.read_until(lambda rs: False, 2.0)
@@ -129,7 +128,7 @@ def test_invalid_output_found_on_a_batch_goes_to_dlq_logged_once_and_reload_fixe
         assert len(docs) == 2 * wave, w.log_tail()
         assert {d["reason"] for d in docs} == {"model_output_invalid"}
         assert all("N (1, 2) and D (1, 1) differ in shape" in d["detail"] for d in docs), docs[0]
-        assert wait_until(lambda: sum(_committed(kafka_bootstrap, topics).values()) == 2 * wave, 30)
+        assert wait_until(lambda: sum(committed_offsets(kafka_bootstrap, topics).values()) == 2 * wave, 30)
         assert w.proc.poll() is None, w.log_tail()
         errors = _events(w, "model_output_invalid")
         stats = TopicReader(kafka_bootstrap, topics.stats)

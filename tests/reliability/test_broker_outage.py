@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.common import Stream, review_records
+from harness.load import Stream, review_records
+from harness.services import free_port, tansu_binary, wait_for_port
+from harness.worker import TopicReader, Topics, WorkerProc, bottom_ids, feature_for, msg, produce, worker_env
 from tests.reliability.figures import record
 from tests.reliability.proxy import TcpProxy
-from tests.support.services import free_port, tansu_binary, wait_for_port
-from tests.workers.helpers import TopicReader, Topics, WorkerProc, msg, produce
-from tests.workers.test_integration import bottom_ids, feature_for, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

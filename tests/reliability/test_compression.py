@@ -21,14 +21,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.record import default_records
 from kafka.record.memory_records import MemoryRecords
 
+from harness.load import Stream, scrape, wait_until
+from harness.services import create_topics
+from harness.worker import TopicReader, Topics, WorkerProc, feature_for, msg, worker_env
 from monitoring.rules import Alert
 from monitoring.sinks import KafkaAlertSink
-from tests.reliability.common import Stream, scrape, wait_until
 from tests.reliability.figures import record
 from tests.reliability.test_kill_storm import owns_partitions
-from tests.support.services import create_topics
-from tests.workers.helpers import TopicReader, Topics, WorkerProc, msg
-from tests.workers.test_integration import feature_for, worker_env
 
 pytestmark = pytest.mark.integration
 

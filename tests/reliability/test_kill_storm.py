@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.common import Stream, review_records
+from harness.load import Stream, review_records
+from harness.services import create_topics
+from harness.worker import TopicReader, Topics, WorkerProc, bottom_ids, feature_for, msg, worker_env
 from tests.reliability.figures import record
-from tests.support.services import create_topics
-from tests.workers.helpers import TopicReader, Topics, WorkerProc, msg
-from tests.workers.test_integration import bottom_ids, feature_for, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

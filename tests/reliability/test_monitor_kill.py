@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
+from harness.load import scrape, wait_until
+from harness.monitor import read_topic, unique, wall_clock_monitor_env
+from harness.services import create_topics, free_port
 from monitoring.simulate import encode
 from service.wire import Counts, StatsMessage
-from tests.monitoring.replay import read_topic, unique, wall_clock_monitor_env
-from tests.reliability.common import scrape, wait_until
 from tests.reliability.figures import record
-from tests.support.services import create_topics, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

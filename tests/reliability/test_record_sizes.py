@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.common import wait_until
+from harness.load import wait_until
+from harness.services import create_topics, free_port, tansu_binary, wait_for_port
+from harness.worker import TopicReader, Topics, WorkerProc, committed_offsets, msg, produce, worker_env
 from tests.reliability.figures import record
-from tests.support.services import create_topics, free_port, tansu_binary, wait_for_port
-from tests.workers.helpers import TopicReader, Topics, WorkerProc, msg, produce
-from tests.workers.test_integration import _committed, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,7 +59,7 @@ def test_huge_keys_and_label_values_never_stall_a_partition(
         reasons = sorted(d["reason"] for d in dlq.json())
         assert reasons == ["invalid_json", "too_large", "too_large"]
         assert max(len(r.value) + len(r.key or b"") for r in dlq.records) < 8192
-        assert wait_until(lambda: _committed(kafka_bootstrap, topics).get(0) == total_inputs, 30)
+        assert wait_until(lambda: committed_offsets(kafka_bootstrap, topics).get(0) == total_inputs, 30)
         stats.read_until(lambda rs: sum(json.loads(r.value)["counts"]["total"] for r in rs) >= 16 + LATER, 30)
         biggest_stats = max(len(r.value) for r in stats.records)
         sites = {v for s in stats.json() for v in s["by_label"].get("site", {})}
@@ -79,7 +78,7 @@ def test_huge_keys_and_label_values_never_stall_a_partition(
             "largest_output_record_bytes": max(len(r.value) + len(r.key or b"") for r in outs.records),
             "largest_stats_record_bytes": biggest_stats,
             "later_inputs_answered": f"{LATER}/{LATER}",
-            "committed_offset": _committed(kafka_bootstrap, topics).get(0),
+            "committed_offset": committed_offsets(kafka_bootstrap, topics).get(0),
             "inputs": total_inputs,
         }
         record("record_sizes", figures)
@@ -131,7 +130,7 @@ def test_a_record_the_broker_refuses_is_replaced_by_a_dlq_record(
         [d] = dlq.json()
         assert (d["reason"], d["refused_kind"], d["offset"]) == ("output_refused", "output", 0)
         assert "InvalidRecord" in d["detail"]
-        assert wait_until(lambda: _committed(bootstrap, topics).get(0) == 1 + LATER, 30)
+        assert wait_until(lambda: committed_offsets(bootstrap, topics).get(0) == 1 + LATER, 30)
         replaced = w.wait_event("record_refused_replaced", 5)
         recreated = [e for e in w.events() if e.get("event") == "producer_recreated"]
         assert w.terminate() == 0

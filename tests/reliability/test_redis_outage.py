@@ -20,12 +20,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from harness.load import Sampler, Stream, review_records, scrape, wait_until
+from harness.services import free_port, wait_for_port
+from harness.worker import TopicReader, Topics, WorkerProc, bottom_ids, committed_offsets, feature_for, msg, worker_env
 from service.review import RedisReviewStore
-from tests.reliability.common import Sampler, Stream, review_records, scrape, wait_until
 from tests.reliability.figures import record
-from tests.support.services import free_port, wait_for_port
-from tests.workers.helpers import TopicReader, Topics, WorkerProc, msg
-from tests.workers.test_integration import _committed, bottom_ids, feature_for, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -88,9 +87,9 @@ def test_redis_down_10s_pauses_then_recovers_losing_nothing(
             committed_during: list[dict[int, int]] = []
             while time.monotonic() - down_at < OUTAGE_S:
                 reader.read_until(lambda rs: False, 0.5)
-                committed_during.append(_committed(kafka_bootstrap, topics))
+                committed_during.append(committed_offsets(kafka_bootstrap, topics))
             outputs_during = len(reader.records) - outputs_at_crash
-            committed_at_end = _committed(kafka_bootstrap, topics)
+            committed_at_end = committed_offsets(kafka_bootstrap, topics)
             durable = ids_on_disk(rdir, topics, tmp_path)
             server = durable_redis(port, rdir)  # same port, same data
             up_at = time.monotonic()

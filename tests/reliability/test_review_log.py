@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from harness.load import wait_until
+from harness.services import start_redis
+from harness.worker import POLE, TopicReader, Topics, WorkerProc, committed_offsets, msg, produce, worker_env
 from service.review import RedisReviewStore
-from tests.reliability.common import wait_until
 from tests.reliability.figures import record
 from tests.reliability.test_security import run_worker
-from tests.support.services import start_redis
-from tests.workers.helpers import POLE, TopicReader, Topics, WorkerProc, msg, produce
-from tests.workers.test_integration import _committed, worker_env
 from tests.workers.test_review_cli import review
 
 pytestmark = [pytest.mark.integration]
@@ -122,10 +121,10 @@ def test_a_redis_that_may_evict_review_records_is_refused_then_watched(
         assert "allkeys-lru" in failed["error"]
         time.sleep(1.0)  # a few retries' worth: still nothing recorded, nothing committed
         store = RedisReviewStore(client, topics.redis_prefix)
-        assert store.pending_ids() == [] and sum(_committed(kafka_bootstrap, topics).values()) == 0
+        assert store.pending_ids() == [] and sum(committed_offsets(kafka_bootstrap, topics).values()) == 0
         client.config_set("maxmemory-policy", "noeviction")
         w.wait_event("review_write_recovered", 30)
-        assert wait_until(lambda: sum(_committed(kafka_bootstrap, topics).values()) == 1, 20)
+        assert wait_until(lambda: sum(committed_offsets(kafka_bootstrap, topics).values()) == 1, 20)
         assert store.pending_ids() == ["pole"]
         figures["evicting_after_reconnect"] = {
             "review_write_failed": failed["error"],

@@ -23,12 +23,11 @@ import psutil
 import pytest
 import redis
 
+from harness.load import scrape_text, wait_until
+from harness.services import free_port, start_redis, wait_for_port
+from harness.worker import POLE, REPO, TopicReader, Topics, WorkerProc, known_pole_bundle, msg, produce, worker_env
 from service.review import RedisReviewStore
-from tests.reliability.common import scrape_text, wait_until
 from tests.reliability.figures import record
-from tests.support.services import free_port, start_redis, wait_for_port
-from tests.workers.helpers import POLE, REPO, TopicReader, Topics, WorkerProc, known_pole_bundle, msg, produce
-from tests.workers.test_integration import worker_env
 from tests.workers.test_review_cli import item
 from workers.settings import WorkerSettings
 from workers.transport import kafka as kafka_transport
@@ -447,8 +446,8 @@ def test_worker_over_kafka_tls(redis_url: str, topics: Topics, tmp_path: Path) -
     """The worker's Kafka TLS settings against a real TLS endpoint: tansu behind a TLS-terminating proxy that it
     advertises, so every connection (bootstrap, group coordinator, fetch, produce) is TLS. With the CA the worker
     serves end to end; without it the certificate is refused and nothing is consumed or committed."""
+    from harness.services import tansu_binary
     from tests.reliability.proxy import TlsTerminatingProxy
-    from tests.support.services import tansu_binary
 
     ca, crt, key = _tls_files(tmp_path)
     real = free_port()

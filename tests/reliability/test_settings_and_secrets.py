@@ -23,15 +23,14 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
+from harness.load import wait_until
+from harness.monitor import read_topic, unique, wall_clock_monitor_env
+from harness.services import create_topics, free_port, start_redis, tansu_binary, wait_for_port
+from harness.worker import POLE, REPO, TopicReader, Topics, WorkerProc, msg, produce, worker_env
 from monitoring.simulate import encode
 from service.wire import Counts, StatsMessage
-from tests.monitoring.replay import read_topic, unique, wall_clock_monitor_env
-from tests.reliability.common import wait_until
 from tests.reliability.figures import record
 from tests.reliability.test_security import _tls_files, run_worker
-from tests.support.services import create_topics, free_port, start_redis, tansu_binary, wait_for_port
-from tests.workers.helpers import POLE, REPO, TopicReader, Topics, WorkerProc, msg, produce
-from tests.workers.test_integration import worker_env
 from tests.workers.test_review_cli import review
 
 pytestmark = [pytest.mark.integration]

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from tests.reliability.common import Sampler, produce_located, review_records, rss_mib, scrape
+from harness.load import Sampler, produce_located, review_records, rss_mib, scrape
+from harness.worker import TopicReader, Topics, WorkerProc, msg, worker_env
 from tests.reliability.figures import record
 from tests.reliability.proxy import TcpProxy
-from tests.workers.helpers import TopicReader, Topics, WorkerProc, msg
-from tests.workers.test_integration import worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -18,35 +18,25 @@ import pytest
 import redis
 import torch
 
+from harness.services import start_redis
+from harness.worker import (
+    POLE,
+    TopicReader,
+    Topics,
+    WorkerProc,
+    bottom_ids,
+    committed_offsets,
+    feature_for,
+    known_pole_bundle,
+    msg,
+    produce,
+    worker_env,
+)
 from service.review import RedisReviewStore
-from tests.support.services import start_redis
-from tests.workers.helpers import POLE, TopicReader, Topics, WorkerProc, known_pole_bundle, msg, produce
 from zeroproof.export import load_servable
 from zeroproof.inference import InferenceConfig, strict_inference
 
 pytestmark = pytest.mark.integration
-
-
-def worker_env(kafka: str, redis_url: str, model: Path, topics: Topics, **extra: str) -> dict[str, str]:
-    env = {"ZEROPROOF_KAFKA_BOOTSTRAP": kafka, "ZEROPROOF_REDIS_URL": redis_url, "ZEROPROOF_MODEL": str(model)}
-    env.update(topics.env())
-    env.update({k.upper() if k.startswith("ZEROPROOF_") else "ZEROPROOF_" + k.upper(): v for k, v in extra.items()})
-    return env
-
-
-def feature_for(i: int) -> list[float | None]:
-    """Mostly ordinary inputs; every 25th is the pole (⊥), every 25th+1 is in the gap, every 50th+7 is null (⊥)."""
-    if i % 25 == 0:
-        return [POLE]
-    if i % 25 == 1:
-        return [POLE + 1e-5]
-    if i % 50 == 7:
-        return [None]
-    return [round((i % 97) / 97.0 * 4 - 2, 6)]
-
-
-def bottom_ids(ids: range) -> set[str]:
-    return {str(i) for i in ids if i % 25 == 0 or i % 50 == 7}
 
 
 def offline(model_path: Path, xs: list[list[float | None]]) -> tuple[Any, Any, Any]:
@@ -133,17 +123,6 @@ def test_end_to_end_values_masks_dlq_review_stats_metrics(
             r.close()
 
 
-def _committed(kafka: str, topics: Topics) -> dict[int, int]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(bootstrap_servers=kafka, group_id=topics.group, enable_auto_commit=False)
-    try:
-        parts = c.partitions_for_topic(topics.inputs) or set()
-        return {p: (c.committed(TopicPartition(topics.inputs, p)) or 0) for p in parts}
-    finally:
-        c.close()
-
-
 @pytest.mark.timeout(180)
 def test_sigkill_mid_stream_then_restart_loses_nothing(
     kafka_bootstrap: str, redis_url: str, bundle: Path, topics: Topics, tmp_path: Path
@@ -224,7 +203,7 @@ def test_two_workers_rebalance_and_sigterm_drain(
         assert {o["worker_id"] for o in outs} == {"worker-a", "worker-b"}
         assert set(review_ids(redis_url, topics)) == bottom_ids(range(n))
         # what A committed is durable: every input below a committed offset has an output
-        committed = _committed(kafka_bootstrap, topics)
+        committed = committed_offsets(kafka_bootstrap, topics)
         by_part: dict[int, set[int]] = {}
         for o in outs:
             by_part.setdefault(o["partition"], set()).add(o["offset"])
@@ -243,7 +222,7 @@ def test_two_workers_rebalance_and_sigterm_drain(
 def test_startup_retries_until_redis_appears(
     kafka_bootstrap: str, bundle: Path, topics: Topics, tmp_path: Path
 ) -> None:
-    from tests.support.services import free_port
+    from harness.services import free_port
 
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
@@ -272,7 +251,7 @@ def test_startup_retries_until_redis_appears(
 def test_startup_without_broker_retries_and_stops_cleanly(
     redis_url: str, bundle: Path, topics: Topics, tmp_path: Path
 ) -> None:
-    from tests.support.services import free_port
+    from harness.services import free_port
 
     w = WorkerProc(
         worker_env(f"127.0.0.1:{free_port()}", redis_url, bundle, topics, startup_max_backoff_s="1"),

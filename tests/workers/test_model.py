@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from harness.worker import known_pole_bundle, msg, rec
 from tests.workers.bad_models import Good, Mismatch, Rank3, Squeezed, Wide40Good, Wide40Mismatch, Wide40Rank3, script
-from tests.workers.helpers import known_pole_bundle, msg, rec
 from workers.fallback import build_chain
 from workers.model import ModelLoadError, ModelOutputError, ModelRuntime, check_output, load_runtime
 from workers.pipeline import DLQ_REASONS, PipelineConfig, Routing, process_batch

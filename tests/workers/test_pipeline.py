@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from harness.worker import known_pole_bundle, msg, rec
 from service.wire import DLQMessage
-from tests.workers.helpers import known_pole_bundle, msg, rec
 from workers.fallback import build_chain
 from workers.model import ModelRuntime, load_runtime
 from workers.pipeline import PipelineConfig, Routing, process_batch

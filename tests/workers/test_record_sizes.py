@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
+from harness.worker import known_pole_bundle, msg
 from service.wire import OTHER_LABEL_VALUE, DLQMessage, StatsMessage
-from tests.workers.helpers import known_pole_bundle, msg
 from tests.workers.test_worker_loop import committed_total, make, spin
 from workers.fallback import HoldLastSafe, build_chain
 from workers.model import load_runtime

@@ -11,8 +11,8 @@ import orjson
 import pytest
 import redis
 
+from harness.worker import REPO, TopicReader, Topics
 from service.review import RedisReviewStore, ReviewItem
-from tests.workers.helpers import REPO, TopicReader, Topics
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ import orjson
 import pytest
 import redis
 
+from harness.services import start_redis
+from harness.worker import Topics
 from service.review import RedisReviewStore, ReviewStoreError
-from tests.support.services import start_redis
-from tests.workers.helpers import Topics
 from tests.workers.test_review_cli import item
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.worker import REPO, known_pole_bundle
 from service.secrets import redact_url
-from tests.workers.helpers import REPO, known_pole_bundle
 from workers.settings import SettingsError, load_settings
 
 pytestmark = pytest.mark.unit

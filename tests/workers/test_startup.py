@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.workers.helpers import TopicReader, Topics, WorkerProc, msg, produce
-from tests.workers.test_integration import worker_env
+from harness.worker import TopicReader, Topics, WorkerProc, msg, produce, worker_env
 from workers.startup import StoppedError, wait_for_topic, with_backoff
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import structlog
 
+from harness.worker import known_pole_bundle, msg
 from service.review import ReviewItem, ReviewStoreError
-from tests.workers.helpers import known_pole_bundle, msg
 from workers.fallback import build_chain
 from workers.metrics import WorkerMetrics
 from workers.model import load_runtime

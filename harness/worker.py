@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.services import TEST_CONSUMER_SETTINGS, create_topics, free_port
+from harness.services import TEST_CONSUMER_SETTINGS, create_topics, free_port
 from workers.transport.base import Record
 from zeroproof.export import save_bundle
 from zeroproof.inference import InferenceConfig
@@ -206,3 +206,36 @@ class TopicReader:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def worker_env(kafka: str, redis_url: str, model: Path, topics: Topics, **extra: str) -> dict[str, str]:
+    env = {"ZEROPROOF_KAFKA_BOOTSTRAP": kafka, "ZEROPROOF_REDIS_URL": redis_url, "ZEROPROOF_MODEL": str(model)}
+    env.update(topics.env())
+    env.update({k.upper() if k.startswith("ZEROPROOF_") else "ZEROPROOF_" + k.upper(): v for k, v in extra.items()})
+    return env
+
+
+def feature_for(i: int) -> list[float | None]:
+    """Mostly ordinary inputs; every 25th is the pole (⊥), every 25th+1 is in the gap, every 50th+7 is null (⊥)."""
+    if i % 25 == 0:
+        return [POLE]
+    if i % 25 == 1:
+        return [POLE + 1e-5]
+    if i % 50 == 7:
+        return [None]
+    return [round((i % 97) / 97.0 * 4 - 2, 6)]
+
+
+def bottom_ids(ids: range) -> set[str]:
+    return {str(i) for i in ids if i % 25 == 0 or i % 50 == 7}
+
+
+def committed_offsets(kafka: str, topics: Topics) -> dict[int, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=kafka, group_id=topics.group, enable_auto_commit=False)
+    try:
+        parts = c.partitions_for_topic(topics.inputs) or set()
+        return {p: (c.committed(TopicPartition(topics.inputs, p)) or 0) for p in parts}
+    finally:
+        c.close()

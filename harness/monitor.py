@@ -5,6 +5,7 @@ back from the alerts topic. Also used by ``bench/monitor.py``.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -16,9 +17,10 @@ from typing import Any
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from monitoring.rules import Alert
 from monitoring.service import MonitorService
 from monitoring.settings import MonitorSettings
-from monitoring.simulate import SimClock, encode
+from monitoring.simulate import Phase, SimClock, Stream, encode
 from service.wire import StatsMessage
 
 
@@ -173,3 +175,71 @@ class Publisher:
 
 def alerts_for(alerts: Sequence[dict[str, Any]], version: str, rule: str | None = None) -> list[dict[str, Any]]:
     return [a for a in alerts if a["model_version"] == version and (rule is None or a["rule"] == rule)]
+
+
+#: 2026-01-15, a multiple of every window length used in the tests.
+T0 = 1_768_435_200.0
+
+
+class ListSink:
+    """Collects alerts; implements the same ``AlertSink`` interface as the real sinks."""
+
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+        self.ticks = 0
+        self.restored: list[Alert] = []
+
+    def emit(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+    def restore(self, firing: list[Alert]) -> None:
+        self.restored += firing
+
+    def tick(self, now: float) -> None:
+        self.ticks += 1
+
+    def close(self) -> None:
+        return None
+
+
+def fast_settings(**overrides: Any) -> MonitorSettings:
+    """Short windows so that scenarios take minutes of simulated time, not hours."""
+    base: dict[str, Any] = dict(
+        short_window=60,
+        long_window=600,
+        bucket=5,
+        eval_interval=5,
+        allowed_lateness=5,
+        coverage_pending=30,
+        gap_pending=30,
+        bottom_rise_pending=30,
+        clear_for=30,
+        no_data_after=60,
+        min_volume=200,
+        baseline_min_volume=1000,
+    )
+    base.update(overrides)
+    return MonitorSettings(**base)
+
+
+HOURS = 12.0
+
+
+def drifting(bottom: float, bottom_amp: float, gap: float, gap_amp: float, hours: float) -> list[Phase]:
+    """Rates following a 2-hour sine, stepped every 10 minutes."""
+    step, period = 600.0, 7200.0
+    return [
+        Phase(
+            i * step,
+            bottom + bottom_amp * math.sin(2 * math.pi * i * step / period),
+            gap + gap_amp * math.cos(2 * math.pi * i * step / period),
+        )
+        for i in range(int(hours * 3600 / step) + 1)
+    ]
+
+
+def steady_streams(hours: float) -> list[Stream]:
+    return [
+        Stream("main", drifting(0.01, 0.005, 0.015, 0.005, hours), workers=8, batch=500, period=5.0),
+        Stream("canary", drifting(0.005, 0.002, 0.01, 0.003, hours), workers=1, batch=5, period=5.0),
+    ]

@@ -13,8 +13,8 @@ from typing import Any
 import psutil
 import redis
 
+from harness.worker import Topics
 from service.review import RedisReviewStore
-from tests.workers.helpers import Topics
 
 
 def fast_producer(bootstrap: str, **extra: Any) -> Any:
@@ -113,7 +113,8 @@ def scrape(port: int, timeout: float = 2.0) -> dict[str, float]:
 
 
 def scrape_text(port: int, timeout: float = 2.0) -> str:
-    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout).read().decode()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
+        return str(resp.read().decode())
 
 
 class Sampler:
@@ -147,7 +148,7 @@ class Sampler:
 
 
 def rss_mib(pid: int) -> float:
-    return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+    return round(float(psutil.Process(pid).memory_info().rss) / 2**20, 1)
 
 
 def review_records(url: str, topics: Topics) -> dict[str, dict[str, Any]]:

@@ -1,1 +1,0 @@
-"""Test helpers: real services (Kafka-protocol broker, Redis) started by the tests themselves."""
