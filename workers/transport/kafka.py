@@ -398,6 +398,9 @@ class UndecodableGuard:
 class KafkaConsumerTransport:
     """A group member with auto-commit off; ``commit`` is synchronous and takes next-offsets."""
 
+    #: the clock of the poll slicing (tests replace it, so the slicing is tested without real time)
+    _clock: Callable[[], float] = staticmethod(time.monotonic)
+
     def __init__(
         self,
         settings: WorkerSettings,
@@ -450,7 +453,7 @@ class KafkaConsumerTransport:
             return []
         guard.after_poll(batches)
         if batches:
-            self._last_records_at = time.monotonic()
+            self._last_records_at = self._clock()
         out: list[Record] = []
         append = out.append
         for recs in batches.values():
@@ -467,7 +470,7 @@ class KafkaConsumerTransport:
         # ~1.1 ms of CPU across the caller and the client's IO thread, and 5 ms slices kept an idle worker at
         # ~22 % of a core (unsliced: ~11 %); the first record after a quiet spell may meet that 100 ms sleep.
         timeout_ms = max(0, int(timeout_s * 1000))
-        now = time.monotonic()
+        now = self._clock()
         stable = self._membership is not None and self._membership.stable
         if not stable:
             self._nudge_topic_metadata(now)
@@ -477,7 +480,7 @@ class KafkaConsumerTransport:
         else:
             deadline = now + timeout_ms / 1000
             while True:
-                remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                remaining_ms = max(0, int((deadline - self._clock()) * 1000))
                 batches = self._consumer.poll(timeout_ms=min(remaining_ms, _POLL_SLICE_MS), max_records=max_records)
                 if batches or remaining_ms <= _POLL_SLICE_MS:
                     break
