@@ -26,11 +26,13 @@ from typing import Any
 
 import structlog
 
-from harness.monitor import T0, ListSink, Publisher, start_monitor, steady_streams, unique
+from harness.monitor import T0, Publisher, start_monitor, steady_streams, unique
 from harness.services import create_topics
-from monitoring.service import Monitor, MonitorService
+from monitoring.core import Monitor
+from monitoring.service import MonitorService
 from monitoring.settings import MonitorSettings
 from monitoring.simulate import Phase, SimClock, Stream, encode, generate
+from monitoring.sinks import MemorySink
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,7 +101,7 @@ def throughput(bootstrap: str, seconds_of_traffic: float) -> dict[str, Any]:
     elapsed = end - first
 
     # The core alone (parse + windows + rules), same records, no Kafka.
-    core = Monitor(s, [ListSink()], SimClock(T0 + seconds_of_traffic))
+    core = Monitor(s, [MemorySink()], SimClock(T0 + seconds_of_traffic))
     core.finish_replay()
     t = time.perf_counter()
     for _, value in payloads:
@@ -199,7 +201,7 @@ def false_alarms(hours: float, seeds: list[int]) -> dict[str, Any]:
     total = 0
     per_seed = {}
     for seed in seeds:
-        clock, sink = SimClock(T0), ListSink()
+        clock, sink = SimClock(T0), MemorySink()
         m = Monitor(s, [sink], clock)
         m.finish_replay()
         for end, _, msg in generate(steady_streams(hours), T0, hours * 3600, seed=seed):

@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from monitoring.rules import Alert
 from monitoring.service import MonitorService
 from monitoring.settings import MonitorSettings
 from monitoring.simulate import Phase, SimClock, Stream, encode
@@ -179,27 +178,6 @@ def alerts_for(alerts: Sequence[dict[str, Any]], version: str, rule: str | None 
 
 #: 2026-01-15, a multiple of every window length used in the tests.
 T0 = 1_768_435_200.0
-
-
-class ListSink:
-    """Collects alerts; implements the same ``AlertSink`` interface as the real sinks."""
-
-    def __init__(self) -> None:
-        self.alerts: list[Alert] = []
-        self.ticks = 0
-        self.restored: list[Alert] = []
-
-    def emit(self, alert: Alert) -> None:
-        self.alerts.append(alert)
-
-    def restore(self, firing: list[Alert]) -> None:
-        self.restored += firing
-
-    def tick(self, now: float) -> None:
-        self.ticks += 1
-
-    def close(self) -> None:
-        return None
 
 
 def fast_settings(**overrides: Any) -> MonitorSettings:

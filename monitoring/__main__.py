@@ -1,4 +1,7 @@
-"""``zeroproof-monitor`` / ``python -m monitoring``: settings, logging, signals, then the consume loop."""
+"""``zeroproof-monitor`` / ``python -m monitoring``: settings, logging, signals, then the consume loop.
+
+Exit codes: 0 clean stop, 1 Kafka or the metrics endpoint unusable, 2 invalid configuration (one line), 3 a stats
+record batch that can be neither decoded nor held back on its own partition."""
 
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kafka.errors import KafkaError
 
     from monitoring.service import MonitorService
+    from service.kafka import UndecodableInputError
 
     stop = threading.Event()
 
@@ -50,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"zeroproof-monitor: {secrets.scrub(str(exc))} (check ZEROPROOF_METRICS_PORT / ZEROPROOF_METRICS_HOST)\n"
         )
         return 1
+    except UndecodableInputError as exc:  # a stats batch it can neither decode nor hold back: stop, never spin
+        log.error("stats_undecodable", error=secrets.scrub(str(exc)))
+        return 3
     return 0
 
 

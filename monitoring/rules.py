@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from monitoring.settings import MonitorSettings
 from monitoring.windows import SeriesKey, WindowCounts, WindowStore
@@ -222,29 +223,47 @@ def _fmt_window(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-class RuleEngine:
-    """Evaluates the rules for every model version at event-time ticks, and "no data" at wall-clock ticks."""
+class RateRule(Protocol):
+    """One alert rule judged per model version at event-time ticks. A new rule is one such object in
+    :data:`RATE_RULES` (and, for users who alert in Prometheus, its expression in ``promrules.py``)."""
 
-    def __init__(self, settings: MonitorSettings) -> None:
-        self.s = settings
-        self.trackers: dict[tuple[str, str], Tracker] = {}
-        self._pending = {
-            COVERAGE: settings.coverage_pending,
-            GAP: settings.gap_pending,
-            BOTTOM_RISE: settings.bottom_rise_pending,
-            NO_DATA: 0.0,
-        }
+    @property
+    def name(self) -> str: ...
 
-    def tracker(self, rule: str, model_version: str) -> Tracker:
-        t = self.trackers.get((rule, model_version))
-        if t is None:
-            clear_for = 0.0 if rule == NO_DATA else self.s.clear_for
-            t = self.trackers[(rule, model_version)] = Tracker(rule, model_version, self._pending[rule], clear_for)
-        return t
+    @property
+    def op(self) -> str:
+        """Comparison shown in the summary ("coverage_low for model v: 0.85 < 0.9 over 5m")."""
+        ...
 
-    # -- observations -------------------------------------------------------------------------------------
-    def observe_coverage(self, w: WindowCounts) -> Observation:
-        s = self.s
+    def pending(self, s: MonitorSettings) -> float:
+        """Seconds the condition must hold before the rule fires."""
+        ...
+
+    def window(self, s: MonitorSettings) -> tuple[str, float]:
+        """The window it judges: a label for people and its length in seconds."""
+        ...
+
+    def observe(
+        self, s: MonitorSettings, store: WindowStore, version: str, now: float, frozen: float | None
+    ) -> Observation:
+        """The rule's value and verdict at ``now``; ``frozen`` is the baseline kept while pending or firing."""
+        ...
+
+
+@dataclass(frozen=True)
+class CoverageLow:
+    """Fires when the share accepted as-is (coverage) in the short window falls below the threshold."""
+
+    name: str = COVERAGE
+    op: str = "<"
+
+    def pending(self, s: MonitorSettings) -> float:
+        return s.coverage_pending
+
+    def window(self, s: MonitorSettings) -> tuple[str, float]:
+        return _fmt_window(s.short_window), s.short_window
+
+    def judge(self, s: MonitorSettings, w: WindowCounts) -> Observation:
         value = w.coverage if w.total >= max(1, s.min_volume) else None
         return Observation(
             value,
@@ -255,8 +274,26 @@ class RuleEngine:
             volume=w.total,
         )
 
-    def observe_gap(self, w: WindowCounts) -> Observation:
-        s = self.s
+    def observe(
+        self, s: MonitorSettings, store: WindowStore, version: str, now: float, frozen: float | None
+    ) -> Observation:
+        return self.judge(s, store.window(SeriesKey(version), now, s.short_window))
+
+
+@dataclass(frozen=True)
+class GapRateHigh:
+    """Fires when the gap rate (finite but risky) in the short window rises above the threshold."""
+
+    name: str = GAP
+    op: str = ">"
+
+    def pending(self, s: MonitorSettings) -> float:
+        return s.gap_pending
+
+    def window(self, s: MonitorSettings) -> tuple[str, float]:
+        return _fmt_window(s.short_window), s.short_window
+
+    def judge(self, s: MonitorSettings, w: WindowCounts) -> Observation:
         value = w.gap_rate if w.total >= max(1, s.min_volume) else None
         return Observation(
             value,
@@ -267,11 +304,29 @@ class RuleEngine:
             volume=w.total,
         )
 
-    def observe_bottom_rise(self, short: WindowCounts, base: WindowCounts, frozen: float | None) -> Observation:
-        """Fires when the short-window ⊥ rate is at least ``floor`` AND at least ``factor`` × the baseline AND
-        the rise is significant (:func:`rise_p_value` < ``bottom_rise_max_p``): at low volume a handful of ⊥
-        can clear floor and factor by chance (the long steady replay showed it)."""
-        s = self.s
+    def observe(
+        self, s: MonitorSettings, store: WindowStore, version: str, now: float, frozen: float | None
+    ) -> Observation:
+        return self.judge(s, store.window(SeriesKey(version), now, s.short_window))
+
+
+@dataclass(frozen=True)
+class BottomRateRise:
+    """Fires when the short-window ⊥ rate is at least ``floor`` AND at least ``factor`` × the trailing baseline
+    AND the rise is significant (:func:`rise_p_value` < ``bottom_rise_max_p``): at low volume a handful of ⊥ can
+    clear floor and factor by chance (the long steady replay showed it). The baseline is frozen while the rule
+    is pending or firing."""
+
+    name: str = BOTTOM_RISE
+    op: str = ">="
+
+    def pending(self, s: MonitorSettings) -> float:
+        return s.bottom_rise_pending
+
+    def window(self, s: MonitorSettings) -> tuple[str, float]:
+        return f"{_fmt_window(s.short_window)} vs {_fmt_window(s.baseline_window)} baseline", s.short_window
+
+    def judge(self, s: MonitorSettings, short: WindowCounts, base: WindowCounts, frozen: float | None) -> Observation:
         if frozen is not None:
             baseline: float | None = frozen
         elif base.total >= max(1, s.baseline_min_volume):
@@ -301,26 +356,49 @@ class RuleEngine:
             baseline=baseline,
         )
 
+    def observe(
+        self, s: MonitorSettings, store: WindowStore, version: str, now: float, frozen: float | None
+    ) -> Observation:
+        key = SeriesKey(version)
+        short = store.window(key, now, s.short_window)
+        base = store.window(key, now, s.baseline_window, offset=s.short_window)
+        return self.judge(s, short, base, frozen)
+
+
+#: The rules judged per model version, in evaluation order.
+RATE_RULES: tuple[RateRule, ...] = (CoverageLow(), GapRateHigh(), BottomRateRise())
+
+
+class RuleEngine:
+    """Evaluates the rate rules for every model version at event-time ticks, and "no data" at wall-clock ticks."""
+
+    def __init__(self, settings: MonitorSettings, rules: Sequence[RateRule] = RATE_RULES) -> None:
+        self.s = settings
+        self.rules = {r.name: r for r in rules}
+        self.trackers: dict[tuple[str, str], Tracker] = {}
+
+    def tracker(self, rule: str, model_version: str) -> Tracker:
+        t = self.trackers.get((rule, model_version))
+        if t is None:
+            if rule == NO_DATA:
+                pending, clear_for = 0.0, 0.0
+            else:
+                pending, clear_for = self.rules[rule].pending(self.s), self.s.clear_for
+            t = self.trackers[(rule, model_version)] = Tracker(rule, model_version, pending, clear_for)
+        return t
+
     # -- evaluation ---------------------------------------------------------------------------------------
     def evaluate(self, store: WindowStore, now: float) -> list[Alert]:
         """Evaluate the rate rules at event time ``now`` (a multiple of the evaluation interval)."""
-        s = self.s
         alerts: list[Alert] = []
         versions = set(store.model_versions()) | {v for (r, v) in self.trackers if r != NO_DATA}
         for version in sorted(versions):
-            key = SeriesKey(version)
-            short = store.window(key, now, s.short_window)
-            sw = _fmt_window(s.short_window)
-            cov = self.observe_coverage(short)
-            alerts += self._step(COVERAGE, version, cov, now, sw, s.short_window)
-            gap = self.observe_gap(short)
-            alerts += self._step(GAP, version, gap, now, sw, s.short_window)
-            tr = self.tracker(BOTTOM_RISE, version)
-            frozen = tr.baseline if tr.state is not State.INACTIVE else None
-            base = store.window(key, now, s.baseline_window, offset=s.short_window)
-            rise = self.observe_bottom_rise(short, base, frozen)
-            bw = f"{sw} vs {_fmt_window(s.baseline_window)} baseline"
-            alerts += self._step(BOTTOM_RISE, version, rise, now, bw, s.short_window)
+            for rule in self.rules.values():
+                tr = self.tracker(rule.name, version)
+                frozen = tr.baseline if tr.state is not State.INACTIVE else None
+                obs = rule.observe(self.s, store, version, now, frozen)
+                label, seconds = rule.window(self.s)
+                alerts += self._step(rule.name, version, obs, now, label, seconds)
         return alerts
 
     def evaluate_no_data(self, last_data: float, now: float) -> list[Alert]:
@@ -365,8 +443,7 @@ class RuleEngine:
         if rule == NO_DATA:
             summary = f"no stats from any worker for {val}s (limit {obs.threshold:g}s)"
         else:
-            op = {COVERAGE: "<", GAP: ">", BOTTOM_RISE: ">="}[rule]
-            summary = f"{rule} for model {version}: {val} {op} {obs.threshold:.4g} over {window}"
+            summary = f"{rule} for model {version}: {val} {self.rules[rule].op} {obs.threshold:.4g} over {window}"
         if state == "resolved":
             summary = f"resolved: {summary.split(':', 1)[0]} back past clear level {obs.clear_level:.4g} ({val})"
         return Alert(

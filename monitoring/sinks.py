@@ -60,6 +60,27 @@ class LogSink:
         return None
 
 
+class MemorySink:
+    """Collects alerts in a list: the in-memory ``AlertSink`` (tests, embedding), same interface as the others."""
+
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+        self.ticks = 0
+        self.restored: list[Alert] = []
+
+    def emit(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+    def restore(self, firing: list[Alert]) -> None:
+        self.restored += firing
+
+    def tick(self, now: float) -> None:
+        self.ticks += 1
+
+    def close(self) -> None:
+        return None
+
+
 class KafkaAlertSink:
     """Publishes each alert event to the alerts topic, keyed ``rule/model_version``, and waits for the ack:
     the topic is also the monitor's memory of what it announced (restart recovery reads it back)."""

@@ -5,13 +5,23 @@ SASL included, so a secured cluster is reached the same way by the worker, the m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+class UndecodableInputError(RuntimeError):
+    """Input the consumer cannot decode and cannot hold back on its own (it cannot tell which partition it is
+    on): the service stops (exit code 3) instead of skipping it or retrying forever."""
 
 
 def check_bootstrap(value: str) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.monitor import ListSink, fast_settings
+from harness.monitor import fast_settings
 from monitoring.settings import MonitorSettings
+from monitoring.sinks import MemorySink
 
 
 @pytest.fixture
@@ -14,5 +15,5 @@ def settings() -> MonitorSettings:
 
 
 @pytest.fixture
-def sink() -> ListSink:
-    return ListSink()
+def sink() -> MemorySink:
+    return MemorySink()

@@ -7,10 +7,11 @@ import random
 import pytest
 from prometheus_client import generate_latest
 
-from harness.monitor import T0, ListSink, fast_settings
+from harness.monitor import T0, fast_settings
+from monitoring.core import Monitor
 from monitoring.rules import COVERAGE, Alert, State
-from monitoring.service import Monitor
 from monitoring.simulate import Phase, SimClock, Stream, encode, generate
+from monitoring.sinks import MemorySink
 from service.wire import Counts, StatsMessage
 
 pytestmark = pytest.mark.unit
@@ -25,13 +26,13 @@ def feed(m: Monitor, clock: SimClock, events: list[tuple[float, str, StatsMessag
         m.wall_tick(caught_up=False)
 
 
-def live_monitor(sink: ListSink, clock: SimClock, announced: dict[str, Alert] | None = None, **kw: object) -> Monitor:
+def live_monitor(sink: MemorySink, clock: SimClock, announced: dict[str, Alert] | None = None, **kw: object) -> Monitor:
     # The simulated clock also stands in for real time (worker idleness): the test runs faster than real time.
     return Monitor(fast_settings(**kw), [sink], clock, announced=announced, monotonic=clock)
 
 
 def test_malformed_records_are_counted_and_skipped() -> None:
-    clock, sink = SimClock(T0), ListSink()
+    clock, sink = SimClock(T0), MemorySink()
     m = live_monitor(sink, clock)
     m.finish_replay()
     good = StatsMessage(
@@ -71,7 +72,7 @@ def test_out_of_order_arrival_within_lateness_gives_the_same_alerts() -> None:
             # Workers' batches arrive up to 4 s out of order (allowed lateness is 5 s).
             rnd = random.Random(1)
             ev.sort(key=lambda e: e[0] + rnd.uniform(0, 4))
-        clock, sink = SimClock(T0), ListSink()
+        clock, sink = SimClock(T0), MemorySink()
         m = live_monitor(sink, clock)
         m.finish_replay()
         feed(m, clock, ev)
@@ -83,14 +84,14 @@ def test_out_of_order_arrival_within_lateness_gives_the_same_alerts() -> None:
 def test_replay_is_muted_and_reconciles_with_announced_state() -> None:
     events = list(generate([DROP], T0, 700, seed=12))
     # First instance, live from the start.
-    clock, sink1 = SimClock(T0), ListSink()
+    clock, sink1 = SimClock(T0), MemorySink()
     m1 = live_monitor(sink1, clock)
     m1.finish_replay()
     feed(m1, clock, events)
     announced = {a.key: a for a in sink1.alerts}
     assert any(a.rule == COVERAGE for a in sink1.alerts)
     # Second instance replays the same history: nothing is announced again.
-    sink2 = ListSink()
+    sink2 = MemorySink()
     m2 = live_monitor(sink2, clock, announced=announced)
     feed(m2, clock, events)
     assert sink2.alerts == []
@@ -101,7 +102,7 @@ def test_replay_is_muted_and_reconciles_with_announced_state() -> None:
 
 def test_announced_firing_is_adopted_when_replay_cannot_judge() -> None:
     """The stats topic lost its history (retention, broker wipe): no false resolve at start."""
-    clock, sink = SimClock(T0 + 10_000), ListSink()
+    clock, sink = SimClock(T0 + 10_000), MemorySink()
     started = Alert(COVERAGE, "firing", "v", 0.8, 0.9, 0.92, "1m", 60, T0 + 9000, T0 + 9030, T0 + 9030)
     m = live_monitor(sink, clock, announced={started.key: started})
     m.finish_replay()
@@ -118,7 +119,7 @@ def test_announced_firing_is_adopted_when_replay_cannot_judge() -> None:
 
 
 def test_sink_boundary_never_repeats_a_state() -> None:
-    clock, sink = SimClock(T0), ListSink()
+    clock, sink = SimClock(T0), MemorySink()
     m = live_monitor(sink, clock)
     m.finish_replay()
     a = Alert(COVERAGE, "firing", "v", 0.8, 0.9, 0.92, "1m", 60, T0, T0, T0)
@@ -128,7 +129,7 @@ def test_sink_boundary_never_repeats_a_state() -> None:
 
 
 def test_silence_beyond_the_horizon_does_not_replay_hours_of_empty_ticks() -> None:
-    clock, sink = SimClock(T0), ListSink()
+    clock, sink = SimClock(T0), MemorySink()
     m = live_monitor(sink, clock)
     m.finish_replay()
     steady = Stream("v", [Phase(0, 0.005)])
@@ -139,7 +140,7 @@ def test_silence_beyond_the_horizon_does_not_replay_hours_of_empty_ticks() -> No
 
 
 def test_exporter_snapshot_after_evaluation() -> None:
-    clock, sink = SimClock(T0), ListSink()
+    clock, sink = SimClock(T0), MemorySink()
     m = live_monitor(sink, clock, monitor_label="site")
     m.finish_replay()
     st = Stream("v7", [Phase(0, 0.01, 0.02)], label="site", label_values=["eu", "us"], shadow=True)
@@ -162,7 +163,7 @@ def test_exporter_snapshot_after_evaluation() -> None:
 
 def test_evaluation_waits_for_lagging_workers_until_they_are_idle() -> None:
     mono = SimClock(0.0)
-    clock, sink = SimClock(T0), ListSink()
+    clock, sink = SimClock(T0), MemorySink()
     m = Monitor(fast_settings(), [sink], clock, monotonic=mono)
     m.finish_replay()
 
@@ -198,7 +199,7 @@ def test_evaluation_waits_for_lagging_workers_until_they_are_idle() -> None:
 
 
 def test_a_replaced_model_version_resolves_its_alerts_and_is_forgotten() -> None:
-    clock, sink = SimClock(T0), ListSink()
+    clock, sink = SimClock(T0), MemorySink()
     m = live_monitor(sink, clock)
     m.finish_replay()
     old = Stream("old", [Phase(0, 0.3, 0.0)])
@@ -216,7 +217,7 @@ def test_a_replaced_model_version_resolves_its_alerts_and_is_forgotten() -> None
 
 def test_a_sparse_live_worker_does_not_delay_evaluation() -> None:
     """Live: event time runs with real time. A worker with a batch every 30 s must not hold ticks for 30 s."""
-    clock, sink = SimClock(T0), ListSink()
+    clock, sink = SimClock(T0), MemorySink()
     m = Monitor(fast_settings(), [sink], clock, monotonic=clock)
     m.finish_replay()
 

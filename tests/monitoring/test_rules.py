@@ -14,6 +14,9 @@ from monitoring.rules import (
     FLEET,
     NO_DATA,
     Alert,
+    BottomRateRise,
+    CoverageLow,
+    GapRateHigh,
     Observation,
     RuleEngine,
     State,
@@ -92,34 +95,35 @@ def test_adopt_keeps_start_time() -> None:
 
 
 def test_coverage_observation_guards_volume(settings: MonitorSettings) -> None:
-    eng = RuleEngine(settings)
-    low = eng.observe_coverage(WindowCounts(total=199, bottom=199))
+    low = CoverageLow().judge(settings, WindowCounts(total=199, bottom=199))
     assert low.value is None
     assert not low.bad
-    o = eng.observe_coverage(WindowCounts(total=1000, bottom=60, gap=50))
+    o = CoverageLow().judge(settings, WindowCounts(total=1000, bottom=60, gap=50))
     assert o.value == pytest.approx(0.89)
     assert o.bad
     assert not o.clear
-    assert eng.observe_coverage(WindowCounts(total=1000, bottom=40, gap=40)).clear
-    g = eng.observe_gap(WindowCounts(total=1000, gap=51))
+    assert CoverageLow().judge(settings, WindowCounts(total=1000, bottom=40, gap=40)).clear
+    g = GapRateHigh().judge(settings, WindowCounts(total=1000, gap=51))
     assert g.bad
-    assert eng.observe_gap(WindowCounts(total=1000, gap=40)).clear
+    assert GapRateHigh().judge(settings, WindowCounts(total=1000, gap=40)).clear
 
 
 def test_bottom_rise_needs_factor_and_floor(settings: MonitorSettings) -> None:
-    eng = RuleEngine(settings)
     base = WindowCounts(total=10_000, bottom=50)  # 0.5 %
     # 0.5 % → 5 %: ten-fold and above the 2 % floor.
-    assert eng.observe_bottom_rise(WindowCounts(total=1000, bottom=50), base, None).bad
+    assert BottomRateRise().judge(settings, WindowCounts(total=1000, bottom=50), base, None).bad
     # 0.5 % → 1.8 %: more than 3x but under the floor.
-    assert not eng.observe_bottom_rise(WindowCounts(total=1000, bottom=18), base, None).bad
+    assert not BottomRateRise().judge(settings, WindowCounts(total=1000, bottom=18), base, None).bad
     # 10 % → 25 %: above the floor but not 3x.
     high = WindowCounts(total=10_000, bottom=1000)
-    assert not eng.observe_bottom_rise(WindowCounts(total=1000, bottom=250), high, None).bad
+    assert not BottomRateRise().judge(settings, WindowCounts(total=1000, bottom=250), high, None).bad
     # Too small a baseline: cannot judge a rise.
-    assert eng.observe_bottom_rise(WindowCounts(total=1000, bottom=500), WindowCounts(total=10), None).value is None
+    assert (
+        BottomRateRise().judge(settings, WindowCounts(total=1000, bottom=500), WindowCounts(total=10), None).value
+        is None
+    )
     # A frozen baseline overrides the (contaminated) current one.
-    frozen = eng.observe_bottom_rise(WindowCounts(total=1000, bottom=50), high, 0.005)
+    frozen = BottomRateRise().judge(settings, WindowCounts(total=1000, bottom=50), high, 0.005)
     assert frozen.bad
     assert frozen.baseline == 0.005
 
@@ -159,14 +163,13 @@ def test_binomial_tail_exact_and_approximate() -> None:
 
 
 def test_rise_significance_guards_low_volume(settings: MonitorSettings) -> None:
-    eng = RuleEngine(settings)
     base = WindowCounts(total=3300, bottom=16)  # ~0.5 %
     # 7 ⊥ of 300 clears the 2 % floor and 3x the baseline, but is not unusual enough to page anyone.
     assert rise_p_value(7, 300, 16, 3300) > settings.bottom_rise_max_p
-    assert not eng.observe_bottom_rise(WindowCounts(total=300, bottom=7), base, None).bad
+    assert not BottomRateRise().judge(settings, WindowCounts(total=300, bottom=7), base, None).bad
     # 15 of 300 (5 %) is.
     assert rise_p_value(15, 300, 16, 3300) < settings.bottom_rise_max_p
-    assert eng.observe_bottom_rise(WindowCounts(total=300, bottom=15), base, None).bad
+    assert BottomRateRise().judge(settings, WindowCounts(total=300, bottom=15), base, None).bad
 
 
 @settings_h(max_examples=200, deadline=None)
@@ -192,3 +195,51 @@ def test_state_machine_invariants(seq: list[str], pending: int, clear_for: int) 
         else:
             need = clear_for // 5
             assert all(seq[j] == "good" for j in range(i - need, i + 1))
+
+
+def test_a_new_rule_is_one_object(settings: MonitorSettings) -> None:
+    """The seam: a rule written outside the module (here: too many rejected outputs) joins the engine as one
+    object, with its own pending time, window and summary, and gets the same state machine and dedup."""
+    from dataclasses import dataclass
+
+    from monitoring.rules import RATE_RULES
+    from monitoring.windows import SeriesKey, WindowStore
+    from service.wire import Counts, StatsMessage
+
+    @dataclass(frozen=True)
+    class RejectedHigh:
+        name: str = "rejected_rate_high"
+        op: str = ">"
+
+        def pending(self, s: MonitorSettings) -> float:
+            return 10.0
+
+        def window(self, s: MonitorSettings) -> tuple[str, float]:
+            return "1m", s.short_window
+
+        def observe(
+            self, s: MonitorSettings, store: WindowStore, version: str, now: float, frozen: float | None
+        ) -> Observation:
+            w = store.window(SeriesKey(version), now, s.short_window)
+            rate = w.rejected / w.total if w.total else None
+            bad = rate is not None and rate > 0.1
+            return Observation(rate, bad=bad, clear=not bad, threshold=0.1, clear_level=0.1, volume=w.total)
+
+    engine = RuleEngine(settings, rules=(*RATE_RULES, RejectedHigh()))
+    store = WindowStore(settings.bucket, 3600.0)
+    fired = []
+    for t in range(0, 40, 5):
+        store.add(
+            StatsMessage(
+                worker_id="w",
+                model_version="v",
+                tau_infer=1e-6,
+                tau_train=1e-4,
+                window_start=1000.0 + t,
+                window_end=1000.0 + t + 1,
+                counts=Counts(total=500, rejected=100),
+            )
+        )
+        fired += [a for a in engine.evaluate(store, 1000.0 + t + 5) if a.rule == "rejected_rate_high"]
+    assert [a.state for a in fired] == ["firing"]
+    assert fired[0].summary == "rejected_rate_high for model v: 0.2 > 0.1 over 1m"

@@ -173,11 +173,11 @@ def test_exporter_has_windowed_label_and_shadow_rates(replay: Replay) -> None:
 @pytest.mark.timeout(180)
 def test_broker_replay_equals_in_memory_event_time_evaluation(replay: Replay) -> None:
     """Partition interleaving must not change the outcome: same alerts as feeding the data in event order."""
-    from harness.monitor import ListSink
-    from monitoring.service import Monitor
+    from monitoring.core import Monitor
     from monitoring.simulate import encode
+    from monitoring.sinks import MemorySink
 
-    clock, sink = SimClock(T0), ListSink()
+    clock, sink = SimClock(T0), MemorySink()
     m = Monitor(replay.settings, [sink], clock)
     m.finish_replay()
     for msg in sorted(replay.messages, key=lambda x: x.window_end):

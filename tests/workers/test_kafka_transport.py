@@ -8,12 +8,12 @@ import pytest
 import structlog
 from kafka.partitioner.default import DefaultPartitioner
 
+from service.kafka_fetch import UndecodableGuard
 from workers.transport.kafka import (
     _POLL_SLICE_MS,
     _QUIET_AFTER_S,
     KafkaConsumerTransport,
     KeyPartitioner,
-    UndecodableGuard,
     _MembershipTracker,
 )
 

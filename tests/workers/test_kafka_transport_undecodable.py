@@ -18,9 +18,10 @@ from kafka.record import default_records
 from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.structs import TopicPartition as KTopicPartition
 
+from service.kafka_fetch import UndecodableGuard
 from workers.metrics import WorkerMetrics
 from workers.transport.base import TopicPartition, UndecodableInputError
-from workers.transport.kafka import KafkaConsumerTransport, UndecodableGuard, _MembershipTracker
+from workers.transport.kafka import KafkaConsumerTransport, _MembershipTracker
 
 pytestmark = pytest.mark.unit
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+from service.kafka import TopicPartition, UndecodableInputError
+
 
 class RecordRefusedError(Exception):
     """The client or the broker refused a record for good (larger than it accepts, invalid): sending it again
@@ -17,11 +19,6 @@ class RecordRefusedError(Exception):
         #: False when the refusal may belong to another record of the same produce request (a broker refuses a
         #: request's record batch as a whole): the record must then be tried again alone before it is blamed.
         self.certain = certain
-
-
-class TopicPartition(NamedTuple):
-    topic: str
-    partition: int
 
 
 class Record(NamedTuple):
@@ -40,11 +37,6 @@ class Record(NamedTuple):
     @property
     def tp(self) -> TopicPartition:
         return TopicPartition(self.topic, self.partition)
-
-
-class UndecodableInputError(RuntimeError):
-    """Input the consumer cannot decode and cannot hold back on its own (it cannot tell which partition it is
-    on): the worker stops with exit code 3 instead of skipping it or retrying forever."""
 
 
 class RebalanceListener(Protocol):
@@ -111,3 +103,16 @@ class ProducerFactory(Protocol):
     and has no idempotence state to lose (for trying records the broker refused, one by one)."""
 
     def __call__(self, isolated: bool = False) -> Producer: ...
+
+
+__all__ = [
+    "Consumer",
+    "DeliveryHandle",
+    "Producer",
+    "ProducerFactory",
+    "RebalanceListener",
+    "Record",
+    "RecordRefusedError",
+    "TopicPartition",
+    "UndecodableInputError",
+]
