@@ -33,7 +33,8 @@ from harness.services import start_tansu
 from harness.worker import feature_for, known_pole_bundle, msg
 from workers.fallback import build_chain
 from workers.model import load_runtime
-from workers.pipeline import PipelineConfig, Routing, process_batch, stats_message
+from workers.pipeline import PipelineConfig, Routing, process_batch
+from workers.records import stats_record
 from workers.settings import WorkerSettings
 from workers.transport.base import Record
 
@@ -60,8 +61,9 @@ def worker_output(n_inputs: int, batch: int) -> list[list[Send]]:
             for i in range(start, min(n_inputs, start + batch))
         ]
         outcome = process_batch(recs, runtime, routing, cfg)
-        sends: list[Send] = [(o.key, o.value) for o in outcome.sends]
-        sends.append((s.worker_id.encode(), stats_message(outcome, s.worker_id, now_ms / 1000, time.time(), seq)))
+        sends: list[Send] = [(o.key, o.value) for o in outcome.delivery.sends]
+        stats = stats_record("stats", outcome.stats, s.worker_id, now_ms / 1000, time.time(), seq)
+        sends.append((s.worker_id.encode(), stats.value))
         out.append(sends)
     return out
 

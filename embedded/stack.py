@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import orjson
 
 from embedded.arm_events import ScenarioConfig, produce
-from embedded.services import ManagedProcess, start_redis, start_tansu, wait_for_port
+from embedded.services import ManagedProcess, start_redis, start_tansu
 
 #: kafka-python settings tansu needs (see shared notes): fast group joins, short fetch waits.
 TANSU_CLIENT_ENV = {
@@ -67,6 +67,19 @@ class Child:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def wait_for_event(self, event: str, timeout: float) -> bool:
+        """Until the child logs ``event`` (a JSON log line) or exits; False on exit or timeout."""
+        deadline = time.monotonic() + timeout
+        needle = f'"event": "{event}"'
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), self.log_path.open(errors="replace") as f:
+                if any(needle in line for line in f):
+                    return True
+            if not self.alive():
+                return False
+            time.sleep(0.1)
+        return False
 
     def stop(self, timeout: float = 20.0) -> int | None:
         if self.proc.poll() is None:
@@ -294,8 +307,12 @@ def run_stack(options: StackOptions, out: TextIO = sys.stdout) -> int:
                     options.out_dir / "monitor.log",
                 )
             )
-            if options.worker_metrics_port:
-                wait_for_port(options.worker_metrics_port, timeout=60)
+            # Events start once the worker serves and the monitor listens: produced earlier, the fault burst would
+            # reach them as a backlog, squeezed into a moment of event time too short to fire an alert.
+            for child, ready in zip(children, ("partitions_assigned", "state rebuilt"), strict=True):
+                if not child.wait_for_event(ready, timeout=120):
+                    _say(out, f"{child.name} is not ready (see {child.log_path}); producing anyway")
+            _say(out, "worker serving, monitor listening")
             live = LiveView(bootstrap, out)
             live.start()
             scenario = ScenarioConfig(

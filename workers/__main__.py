@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from service import secrets
 from workers.settings import SettingsError, load_settings
@@ -32,27 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("invalid setting ZEROPROOF_MODEL (--model): required (a model bundle or TorchScript file)")
     secrets.register(settings.secrets())
 
-    import signal
-
     from service import logs
+    from workers.signals import Signals
 
     log = logs.configure(
         "zeroproof-worker", settings.log_level, kafka_level=settings.kafka_log_level, worker_id=settings.worker_id
     )
-    early = {"stop": False, "reload": False}
-
-    def early_stop(signum: int, frame: Any) -> None:
-        early["stop"] = True
-
-    def early_hup(signum: int, frame: Any) -> None:
-        # SIGHUP's default action ends the process; during start-up it means "reload once you serve"
-        early["reload"] = True
-        log.info("reload_requested_during_startup", signal="SIGHUP")
-
-    signal.signal(signal.SIGTERM, early_stop)
-    signal.signal(signal.SIGINT, early_stop)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, early_hup)
+    signals = Signals(log).install()  # from here on, a stop or reload request is never lost
 
     from workers.fallback import build_chain
     from workers.metrics import WorkerMetrics
@@ -81,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workers.worker import Worker
 
     def should_stop() -> bool:
-        return early["stop"]
+        return signals.stop
 
     def retrying(what: str, connect: Callable[[], T]) -> T:
         return with_backoff(what, connect, log, should_stop, settings.startup_max_backoff_s, settings.startup_timeout_s)
@@ -125,10 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics,
         log,
         producer_factory=lambda isolated=False: KafkaProducerTransport(settings, isolated=isolated),
+        signals=signals,
     )
-    worker.install_signal_handlers()
-    worker.stopping = worker.stopping or early["stop"]
-    worker.reload_requested = worker.reload_requested or early["reload"]
     try:
         return worker.run()
     except Exception as exc:

@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.review import ReviewSink, ReviewStoreError
+from service.review import ReviewItem, ReviewSink, ReviewStoreError
+from workers.backoff import Backoff
 from workers.metrics import WorkerMetrics
-from workers.pipeline import BatchOutcome, Outgoing
+from workers.pipeline import Delivery
+from workers.records import Outgoing
 from workers.transport.base import (
     Consumer,
     DeliveryHandle,
@@ -34,7 +36,7 @@ class InFlight:
     offsets: dict[TopicPartition, int]
     sends: list[Outgoing]
     handles: list[DeliveryHandle]
-    reviews: BatchOutcome
+    reviews: list[ReviewItem]
     reviews_done: bool = False
     review_attempts: int = 0
     next_review_try: float = 0.0
@@ -72,7 +74,8 @@ class Checkpoint:
         self.log = log
         self.replace_refused = replace_refused
         self.refused = 0
-        self.max_backoff_s = max_backoff_s
+        #: retries of Redis writes and failed sends: 0.1 s, doubling, at most ``max_backoff_s``
+        self.backoff = Backoff(initial=0.1, cap=max_backoff_s)
         self.producer_factory = producer_factory
         self.stall_s = stall_s
         self._isolated: Producer | None = None
@@ -90,17 +93,22 @@ class Checkpoint:
         """True while a batch waits on a retry (Redis or a failed send): the downstream is slow or down."""
         return any((b.review_attempts > 0 and not b.reviews_done) or b.send_attempts > 0 for b in self.pending)
 
-    def submit(self, outcome: BatchOutcome, extra: Iterable[Outgoing] = ()) -> InFlight:
+    def submit(self, delivery: Delivery, extra: Iterable[Outgoing] = ()) -> InFlight:
         """Send everything the batch produced and start its Redis write; returns immediately."""
         self._seq += 1
-        sends = list(outcome.sends)
+        sends = list(delivery.sends)
         sends.extend(extra)
         # No flush here: with linger_ms = 0 (the default) the client sends as soon as its IO thread runs, and
         # kafka-python's flush(0) would not cut a longer linger short (it drops its flush flag when the zero
         # timeout expires; measured: linger 5 ms → every ack 6.5 ms).
         handles = [self.producer.send(s.topic, s.key, s.value, s.headers) for s in sends]
         batch = InFlight(
-            self._seq, dict(outcome.offsets), sends, handles, outcome, input_timestamps_ms=outcome.input_timestamps_ms
+            self._seq,
+            dict(delivery.offsets),
+            sends,
+            handles,
+            delivery.reviews,
+            input_timestamps_ms=delivery.input_timestamps_ms,
         )
         self._write_reviews(batch, time.monotonic())
         self.pending.append(batch)
@@ -110,14 +118,14 @@ class Checkpoint:
     def _write_reviews(self, batch: InFlight, now: float) -> None:
         if batch.reviews_done:
             return
-        if not batch.reviews.reviews:
+        if not batch.reviews:
             batch.reviews_done = True
             return
         try:
-            new = self.reviews.record_batch(batch.reviews.reviews)
+            new = self.reviews.record_batch(batch.reviews)
         except ReviewStoreError as exc:
             batch.review_attempts += 1
-            delay = min(self.max_backoff_s, 0.05 * 2 ** min(batch.review_attempts, 10))
+            delay = self.backoff.delay(batch.review_attempts)
             batch.next_review_try = now + delay
             self.metrics.error("redis")
             if batch.review_attempts in (1, 2, 4) or batch.review_attempts % 20 == 0:
@@ -191,7 +199,7 @@ class Checkpoint:
             s = batch.sends[i]
             via = isolated if isolated is not None and i in batch.isolated else self.producer
             batch.handles[i] = via.send(s.topic, s.key, s.value, s.headers)
-        batch.next_send_retry = now + min(self.max_backoff_s, 0.05 * 2 ** min(batch.send_attempts, 10))
+        batch.next_send_retry = now + self.backoff.delay(batch.send_attempts)
 
     def _watch_stall(self, b: InFlight, now: float) -> None:
         """Sends unacknowledged for ``stall_s`` (the client normally answers in milliseconds): first flush,

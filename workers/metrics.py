@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from workers.pipeline import BatchOutcome
+from workers.records import BatchStats
 
 _LAT = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _SIZE = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -88,7 +88,7 @@ class WorkerMetrics:
         self.model_info.clear()
         self.model_info.labels(version, repr(tau_infer), repr(tau_train)).set(1)
 
-    def batch_processed(self, n_records: int, out: BatchOutcome, queue_s: float, process_s: float) -> None:
+    def batch_processed(self, n_records: int, out: BatchStats, queue_s: float, process_s: float) -> None:
         self.messages_in.inc(n_records)
         self.batch_size.observe(n_records)
         self.queue_time.observe(queue_s)
@@ -107,10 +107,8 @@ class WorkerMetrics:
             self.rejected.labels(mv).inc(c.rejected)
         for reason, n in out.dlq.items():
             self.dlq.labels(reason).inc(n)
-
-    def fallbacks(self, model_version: str, by_controller: dict[str, int]) -> None:
-        for ctrl, n in by_controller.items():
-            self.fallback.labels(model_version, ctrl).inc(n)
+        for controller, n in out.fallback_by.items():
+            self.fallback.labels(mv, controller).inc(n)
 
     def batch_durable(self, sent_by_kind: dict[str, int], input_timestamps_ms: Sequence[int]) -> None:
         for kind, n in sent_by_kind.items():

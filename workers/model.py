@@ -1,7 +1,7 @@
 """The served model: loading (bundle or TorchScript), thresholds, device placement and robust batched forward.
 
-A ``ModelRuntime`` is immutable once built; hot reload builds a new one and swaps it between batches, so every
-batch is served by exactly one (model version, thresholds) pair, and each output names it.
+A ``ModelRuntime`` is immutable once built (but for the feature width a TorchScript model reveals on its first
+input, kept in its own small object); hot reload builds a new one and swaps it between batches.
 """
 
 from __future__ import annotations
@@ -130,21 +130,41 @@ def resolve_config(settings: WorkerSettings, bundle: InferenceConfig | None) -> 
     raise ModelLoadError(f"thresholds from {' and '.join(sources)}: {problem}")
 
 
-@dataclass
+class FeatureWidth:
+    """The one thing a runtime learns after it is built: the feature count of a TorchScript file (which stores
+    none) is the first width the model runs on; widths it refused, or ran on with an invalid output, are
+    remembered so they are not probed again. Kept apart so that the runtime itself stays immutable."""
+
+    def __init__(self, known: int | None) -> None:
+        self.value = known
+        self.probed: dict[int, bool] = {}
+        #: widths on which the model ran but returned an invalid output (the error, raised again on every batch)
+        self.invalid: dict[int, ModelOutputError] = {}
+
+
+@dataclass(frozen=True)
 class ModelRuntime:
+    """The served model, its thresholds and device, as loaded once; hot reload builds a new one and swaps it
+    between batches (``workers.reload``), so every batch is served by exactly one (version, thresholds) pair."""
+
     servable: Servable
     config: InferenceConfig
     device: torch.device
-    in_features: int | None
+    known_width: int | None
     file_fingerprint: tuple[float, int]
     thresholds_fingerprint: tuple[float, int] | None
-    _probed: dict[int, bool] = field(default_factory=dict)
-    #: widths on which the model ran but returned an invalid output (the error, raised again on every batch)
-    _invalid: dict[int, ModelOutputError] = field(default_factory=dict)
+    width: FeatureWidth = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "width", FeatureWidth(self.known_width))
 
     @property
     def model_version(self) -> str:
         return self.servable.model_version
+
+    @property
+    def in_features(self) -> int | None:
+        return self.width.value
 
     def accepts_width(self, width: int) -> bool:
         """Feature count check; for TorchScript (no stored width) the first width the model runs on wins.
@@ -152,20 +172,21 @@ class ModelRuntime:
         Raises :class:`ModelOutputError` when the model runs on ``width`` features but returns an invalid output:
         that is the model's fault, not the input's (``wrong_feature_count`` would blame the input).
         """
-        if self.in_features is not None:
-            return width == self.in_features
-        if width in self._invalid:
-            raise self._invalid[width]
-        if width not in self._probed:
+        w = self.width
+        if w.value is not None:
+            return width == w.value
+        if width in w.invalid:
+            raise w.invalid[width]
+        if width not in w.probed:
             try:
                 ok = self.probe(width)
             except ModelOutputError as exc:
-                self._invalid[width] = exc
+                w.invalid[width] = exc
                 raise
-            self._probed[width] = ok
+            w.probed[width] = ok
             if ok:
-                self.in_features = width
-        return self._probed[width]
+                w.value = width
+        return w.probed[width]
 
     def probe(self, width: int) -> bool:
         """Run the model on 1 and on 2 rows of zeros of ``width`` features: ``False`` if it cannot take that
@@ -308,24 +329,11 @@ def load_runtime(
     return runtime
 
 
-def changed_on_disk(runtime: ModelRuntime, settings: WorkerSettings) -> bool:
-    """Cheap stat-based check used by the periodic reload watcher (content is verified on load)."""
-    try:
-        if settings.model is not None and fingerprint(settings.model) != runtime.file_fingerprint:
-            return True
-        if settings.thresholds_file is not None:
-            return fingerprint(settings.thresholds_file) != runtime.thresholds_fingerprint
-    except OSError:
-        return False
-    return False
-
-
 __all__ = [
     "ModelLoadError",
     "ModelOutputError",
     "ModelRuntime",
     "RowError",
-    "changed_on_disk",
     "check_model_output",
     "check_output",
     "file_sha256",

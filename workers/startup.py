@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from workers.backoff import Backoff
+
 T = TypeVar("T")
 
 
@@ -41,11 +43,12 @@ def with_backoff(
 
     ``timeout_s`` > 0 gives up (re-raising the last error) after that long; 0 retries until stopped.
     """
-    delay = 0.25
+    backoff = Backoff(initial=0.25, cap=max_backoff_s)
     attempt = 0
     started = time.monotonic()
     while True:
         attempt += 1
+        delay = backoff.delay(attempt)
         try:
             result = connect()
             if attempt > 1:
@@ -62,7 +65,6 @@ def with_backoff(
                 message=f"{what} not reachable; retrying in {delay:.2f}s",
             )
         sleep_unless_stopped(delay, should_stop)
-        delay = min(max_backoff_s, delay * 2)
 
 
 def wait_for_topic(

@@ -24,7 +24,8 @@ from tests.reliability.corpus import RARE, corpus
 from tests.reliability.figures import record
 from workers.fallback import build_chain
 from workers.model import ModelRuntime, load_runtime
-from workers.pipeline import DLQ_REASONS, PipelineConfig, Routing, process_batch
+from workers.pipeline import PipelineConfig, Routing, process_batch
+from workers.records import DLQ_REASONS
 from workers.settings import WorkerSettings
 
 N_BAD = 10_000
@@ -207,14 +208,14 @@ def oracle(raw: bytes) -> str:
 def run_one(served: tuple[ModelRuntime, Routing, PipelineConfig], raw: bytes) -> tuple[str, dict[str, Any]]:
     runtime, routing, cfg = served
     out = process_batch([rec(raw, 0)], runtime, routing, cfg)
-    outputs = [orjson.loads(s.value) for s in out.sends if s.topic == "out"]
-    dlqs = [orjson.loads(s.value) for s in out.sends if s.topic == "dlq"]
-    assert len(outputs) + len(dlqs) == 1, (raw[:200], out.sends)
+    outputs = [orjson.loads(s.value) for s in out.delivery.sends if s.topic == "out"]
+    dlqs = [orjson.loads(s.value) for s in out.delivery.sends if s.topic == "dlq"]
+    assert len(outputs) + len(dlqs) == 1, (raw[:200], out.delivery.sends)
     if dlqs:
         d = dlqs[0]
         assert d["reason"] in DLQ_REASONS and d["detail"]
         assert base64.b64decode(d["original_b64"]) == raw
-        assert not out.reviews
+        assert not out.delivery.reviews
         return d["reason"], d
     o = outputs[0]
     # the strict decode's invariants, as they reach the wire
@@ -224,7 +225,7 @@ def run_one(served: tuple[ModelRuntime, Routing, PipelineConfig], raw: bytes) ->
         assert (v is None) == b
         assert b or math.isfinite(v)
     assert o["status"] == ("bottom" if any(o["bottom"]) else "gap" if any(o["gap"]) else "ok")
-    assert (len(out.reviews) == 1) == (o["status"] == "bottom")
+    assert (len(out.delivery.reviews) == 1) == (o["status"] == "bottom")
     return "output", o
 
 
@@ -400,10 +401,12 @@ def test_oversized_input_goes_to_dlq_and_every_record_is_sendable(
     doc[field] = {"a": "x" * 1_100_000} if field == "labels" else "x" * 1_100_000
     runtime, routing, cfg = served
     out = process_batch([rec(json.dumps(doc).encode(), 0)], runtime, routing, cfg)
-    assert all(len(s.value) + len(s.key or b"") < MAX_REQUEST for s in out.sends), [len(s.value) for s in out.sends]
-    (d,) = [orjson.loads(s.value) for s in out.sends if s.topic == "dlq"]
+    assert all(len(s.value) + len(s.key or b"") < MAX_REQUEST for s in out.delivery.sends), [
+        len(s.value) for s in out.delivery.sends
+    ]
+    (d,) = [orjson.loads(s.value) for s in out.delivery.sends if s.topic == "dlq"]
     assert d["reason"] == "too_large" and d["original_truncated"], d["reason"]
-    assert not [s for s in out.sends if s.topic == "out"]
+    assert not [s for s in out.delivery.sends if s.topic == "out"]
 
 
 def test_fuzz_reaches_every_branch() -> None:

@@ -15,7 +15,8 @@ from harness.worker import known_pole_bundle, msg, rec
 from tests.workers.bad_models import Good, Mismatch, Rank3, Squeezed, Wide40Good, Wide40Mismatch, Wide40Rank3, script
 from workers.fallback import build_chain
 from workers.model import ModelLoadError, ModelOutputError, ModelRuntime, check_output, load_runtime
-from workers.pipeline import DLQ_REASONS, PipelineConfig, Routing, process_batch
+from workers.pipeline import PipelineConfig, Routing, process_batch
+from workers.records import DLQ_REASONS
 from workers.settings import WorkerSettings
 from zeroproof.export.loader import Servable
 from zeroproof.inference import InferenceConfig
@@ -29,7 +30,7 @@ def run(records: list[Any], rt: ModelRuntime, s: WorkerSettings) -> Any:
 
 
 def dlq(out: Any) -> list[dict[str, Any]]:
-    return [json.loads(x.value) for x in out.sends if x.topic == "dlq"]
+    return [json.loads(x.value) for x in out.delivery.sends if x.topic == "dlq"]
 
 
 @pytest.mark.parametrize(
@@ -106,9 +107,9 @@ def test_invalid_output_found_on_a_batch_goes_to_dlq_as_model_error_not_input_er
         assert reasons == {**dict.fromkeys(range(3), "model_output_invalid"), 3: "invalid_json"}
         detail = next(d["detail"] for d in dlq(out) if d["offset"] == 0)
         assert "N (1, 2) and D (1, 1) differ in shape" in detail
-        assert out.outputs == 0 and out.dlq == {"model_output_invalid": 3, "invalid_json": 1}
+        assert out.stats.outputs == 0 and out.stats.dlq == {"model_output_invalid": 3, "invalid_json": 1}
         assert out.model_output_errors == [(detail, 3)]
-        assert out.offsets[records[0].tp] == 4  # every record accounted for: committed, nothing lost
+        assert out.delivery.offsets[records[0].tp] == 4  # every record accounted for: committed, nothing lost
     assert "model_output_invalid" in DLQ_REASONS
 
 
@@ -126,7 +127,7 @@ def test_invalid_output_mid_run_never_crashes_the_batch(tmp_path: Path) -> None:
     rt = ModelRuntime(servable, InferenceConfig(), torch.device("cpu"), 1, (0.0, 0), None)
     records = [rec(msg(i, [0.1]), i) for i in range(16)] + [rec(msg("w", [0.1, 0.2]), 16)]
     out = run(records, rt, s)
-    assert out.dlq == {"model_output_invalid": 16, "wrong_feature_count": 1}
+    assert out.stats.dlq == {"model_output_invalid": 16, "wrong_feature_count": 1}
     assert calls["n"] == 1  # one forward for the batch: a model error is not bisected row by row
 
 
@@ -155,8 +156,7 @@ def test_reload_refuses_a_model_with_invalid_output(tmp_path: Path) -> None:
     w = Worker(s, consumer, InMemoryProducer(broker), FakeReviews(), rt, build_chain(s), WorkerMetrics(), log)
     assert rt.accepts_width(40)  # what the first batch does
     script(Wide40Rank3(), path)
-    w.reload_requested = True
-    w.maybe_reload()
+    w.reloader.maybe_reload(requested=True)
     assert w.runtime is rt
     failed = [e for e in events if e.get("event") == "reload_failed"]
     assert failed and "invalid output on a 40-feature input" in failed[0]["error"], events

@@ -40,7 +40,7 @@ def run(records: list[Any], s: WorkerSettings, runtime: ModelRuntime | None = No
 
 
 def by_topic(out: Any, topic: str) -> list[dict[str, Any]]:
-    return [json.loads(x.value) for x in out.sends if x.topic == topic]
+    return [json.loads(x.value) for x in out.delivery.sends if x.topic == topic]
 
 
 def test_poison_messages_go_to_dlq_with_reason_and_source(kp_settings: WorkerSettings) -> None:
@@ -69,8 +69,8 @@ def test_poison_messages_go_to_dlq_with_reason_and_source(kp_settings: WorkerSet
         DLQMessage.model_validate(dlq[off])  # the documented schema is what we produce
     outputs = by_topic(out, "out")
     assert [o["id"] for o in outputs] == ["good"]  # the rest of the batch goes on
-    assert out.offsets[records[0].tp] == 13  # every record is accounted for
-    assert sum(out.dlq.values()) == len(bad)
+    assert out.delivery.offsets[records[0].tp] == 13  # every record is accounted for
+    assert sum(out.stats.dlq.values()) == len(bad)
 
 
 def test_known_pole_statuses_masks_and_review(kp_settings: WorkerSettings) -> None:
@@ -93,12 +93,12 @@ def test_known_pole_statuses_masks_and_review(kp_settings: WorkerSettings) -> No
         assert o["bottom"] == bot[i].tolist() and o["gap"] == gap[i].tolist()
         if not bot[i, 0]:
             assert o["value"][0] == float(dec[i, 0])
-    assert sorted(r.input_id for r in out.reviews) == ["1", "n"]
-    review = json.loads(out.reviews[0].record)
+    assert sorted(r.input_id for r in out.delivery.reviews) == ["1", "n"]
+    review = json.loads(out.delivery.reviews[0].record)
     assert {"input", "N", "D", "bottom", "gap", "model_version", "tau_infer", "tau_train", "offset"} <= set(review)
-    assert out.counts.total == 5 and out.counts.bottom == 2 and out.counts.gap == 1
+    assert out.stats.counts.total == 5 and out.stats.counts.bottom == 2 and out.stats.counts.gap == 1
     # shadow pair (1e-3, 1e-2): 0.50001 has |D| = 2e-5 < 1e-3, so it is ⊥ there
-    assert out.shadow[0].bottom == 3 and out.shadow[0].total == 5
+    assert out.stats.shadow[0].bottom == 3 and out.stats.shadow[0].total == 5
 
 
 def test_default_policy_falls_back_and_keeps_model_value(kp_settings: WorkerSettings) -> None:
@@ -126,7 +126,7 @@ def test_policies_reject_and_constant(tmp_path: Path) -> None:
     assert got["g"]["action"] == "reject" and got["g"]["fallback_value"] is None
     assert got["b"]["action"] == "fallback" and got["b"]["fallback_value"] == [0.0]
     assert got["b"]["fallback_controller"] == "constant"
-    assert out.counts.rejected == 1 and out.counts.fallback == 1
+    assert out.stats.counts.rejected == 1 and out.stats.counts.fallback == 1
 
 
 @pytest.fixture
@@ -192,14 +192,14 @@ def test_model_error_rows_go_to_dlq_and_oom_splits(tmp_path: Path) -> None:
     outs = {o["id"]: o for o in by_topic(out, "out")}
     assert len(outs) == 19 and "7" not in outs
     assert outs["5"]["value"] == [105.0]
-    assert [d["offset"] for d in by_topic(out, "dlq")] == [7] and out.dlq == {"model_error": 1}
+    assert [d["offset"] for d in by_topic(out, "dlq")] == [7] and out.stats.dlq == {"model_error": 1}
 
 
 def test_stats_by_label(kp_settings: WorkerSettings) -> None:
     records = [rec(msg(i, [0.5 if i == 0 else 0.1], labels={"site": "a" if i < 2 else "b"}), i) for i in range(4)]
     out = run(records, kp_settings)
-    assert out.by_label["site"]["a"].total == 2 and out.by_label["site"]["a"].bottom == 1
-    assert out.by_label["site"]["b"].total == 2 and out.by_label["site"]["b"].bottom == 0
+    assert out.stats.by_label["site"]["a"].total == 2 and out.stats.by_label["site"]["a"].bottom == 1
+    assert out.stats.by_label["site"]["b"].total == 2 and out.stats.by_label["site"]["b"].bottom == 0
 
 
 #: The JSON parser's nesting limit inside a field (pydantic-core): documented in docs/worker.md, pinned here.

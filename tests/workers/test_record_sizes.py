@@ -17,17 +17,14 @@ from service.wire import OTHER_LABEL_VALUE, DLQMessage, StatsMessage
 from tests.workers.test_worker_loop import committed_total, make, spin
 from workers.fallback import HoldLastSafe, build_chain
 from workers.model import load_runtime
-from workers.pipeline import (
+from workers.pipeline import BatchOutcome, PipelineConfig, Routing, process_batch
+from workers.records import (
     ENTITY_MAX_CHARS,
     STATS_LABEL_VALUE_MAX_CHARS,
-    BatchOutcome,
     Outgoing,
-    PipelineConfig,
-    Routing,
     entity_from_key,
-    process_batch,
     replace_refused,
-    stats_message,
+    stats_record,
 )
 from workers.settings import SettingsError, WorkerSettings, load_settings
 from workers.transport.base import Record, RecordRefusedError
@@ -59,8 +56,8 @@ def test_the_input_limit_counts_key_and_headers(tmp_path: Path) -> None:
         ],
         tmp_path,
     )
-    assert out.dlq == {"too_large": 2}
-    sends = out.sends
+    assert out.stats.dlq == {"too_large": 2}
+    sends = out.delivery.sends
     dlq = [DLQMessage.model_validate_json(s.value) for s in sends if s.topic == "dlq"]
     assert "with key and headers" in dlq[0].detail
     big = next(s for s in sends if s.topic == "dlq" and json.loads(s.value)["offset"] == 0)
@@ -71,7 +68,7 @@ def test_the_input_limit_counts_key_and_headers(tmp_path: Path) -> None:
 
 def test_a_malformed_input_with_a_huge_key_gets_a_bounded_dlq_record(tmp_path: Path) -> None:
     out = run([record(b"{not json", 0, key=b"x" * 200_000)], tmp_path, max_message_bytes=900 * 1024)
-    [dlq] = out.sends
+    [dlq] = out.delivery.sends
     assert dlq.topic == "dlq" and len(dlq.key) == 64 and len(dlq.value) < 4096
     assert json.loads(dlq.value)["reason"] == "invalid_json"
 
@@ -81,18 +78,18 @@ def test_an_entity_taken_from_a_long_key_is_capped_and_stays_distinct(tmp_path: 
     assert len(entity_from_key(a)) == ENTITY_MAX_CHARS and entity_from_key(a) != entity_from_key(b)
     assert entity_from_key(b"arm-1") == "arm-1"
     out = run([record(msg("x", [0.1]), 0, key=a)], tmp_path)
-    [o] = [json.loads(s.value) for s in out.sends]
+    [o] = [json.loads(s.value) for s in out.delivery.sends]
     assert o["entity"] == entity_from_key(a)
 
 
 def test_label_breakdown_is_bounded_per_batch(tmp_path: Path) -> None:
     records = [record(msg(i, [0.1], labels={"site": f"{i:04d}" + "s" * 1000}), i) for i in range(300)]
     out = run(records, tmp_path, stats_labels=["site"], stats_max_label_values=100)
-    sites = out.by_label["site"]
+    sites = out.stats.by_label["site"]
     assert len(sites) == 101 and sites[OTHER_LABEL_VALUE].total == 200
     assert all(len(v) <= STATS_LABEL_VALUE_MAX_CHARS for v in sites)
     assert sum(c.total for c in sites.values()) == 300
-    raw = stats_message(out, "w1", 0.0, 1.0, 1)
+    raw = stats_record("stats", out.stats, "w1", 0.0, 1.0, 1).value
     assert len(raw) < 64 * 1024, len(raw)
     StatsMessage.model_validate_json(raw)
 

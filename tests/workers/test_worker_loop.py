@@ -118,8 +118,8 @@ def test_no_commit_before_broker_ack_and_backpressure_pauses(tmp_path: Path) -> 
     feed(broker, 40)
     spin(w)
     assert committed_total(broker) == 0  # outputs not acknowledged → nothing committed
-    assert w.checkpoint.in_flight == 1 and w.paused  # bounded: one batch in flight, the next one buffered
-    assert w.buffer is not None and len(w.buffer.records) == 8
+    assert w.checkpoint.in_flight == 1 and w.flow.paused  # bounded: one batch in flight, the next one buffered
+    assert w.batcher.buffered == 8
     gaps = [b - a for a, b in zip(consumer.poll_times, consumer.poll_times[1:], strict=False)]
     assert max(gaps) < 0.5  # still polling (group session healthy) while paused
     broker.hold_sends = False
@@ -148,7 +148,7 @@ def test_redis_down_blocks_commit_then_recovers(tmp_path: Path) -> None:
     reviews.fail = True
     feed(broker, 20)
     spin(w, 0.4)
-    assert committed_total(broker) == 0 and reviews.calls >= 2 and w.paused
+    assert committed_total(broker) == 0 and reviews.calls >= 2 and w.flow.paused
     reviews.fail = False
     spin(w, 1.0)
     assert committed_total(broker) == 20
@@ -168,10 +168,10 @@ def test_revoke_drops_buffer_and_redelivers_from_commit(tmp_path: Path) -> None:
     w, broker, consumer, _ = make(tmp_path, max_batch_delay_ms=10_000, max_batch_size=1000, dispatch_when_idle=False)
     feed(broker, 10)
     spin(w, 0.1)  # all 10 buffered, waiting for the (long) deadline
-    assert w.buffer is not None and len(w.buffer.records) == 10 and not output_ids(broker)
+    assert w.batcher.buffered == 10 and not output_ids(broker)
     consumer.revoke_all()
-    assert w.buffer is None
-    w.s = w.s.model_copy(update={"max_batch_delay_ms": 5.0})
+    assert w.batcher.batch is None
+    w.batcher.max_delay_s = 0.005
     spin(w, 0.3)
     assert sorted(output_ids(broker), key=int) == [str(i) for i in range(10)]
     assert committed_total(broker) == 10
@@ -181,7 +181,7 @@ def test_deadline_mode_waits_for_size_or_deadline(tmp_path: Path) -> None:
     w, broker, _, _ = make(tmp_path, max_batch_delay_ms=150, max_batch_size=1000, dispatch_when_idle=False)
     feed(broker, 5)
     spin(w, 0.05)
-    assert not output_ids(broker) and w.buffer is not None  # neither full nor due
+    assert not output_ids(broker) and w.batcher.batch is not None  # neither full nor due
     spin(w, 0.25)
     assert sorted(output_ids(broker), key=int) == [str(i) for i in range(5)]
 
@@ -208,7 +208,7 @@ def test_busy_worker_batches_what_arrives_meanwhile(tmp_path: Path) -> None:
     assert w.prepared is not None and len(w.prepared.records) == 4  # computed, not sent
     feed(broker, 6, start=7)
     spin(w, 0.05)
-    assert w.buffer is not None and len(w.buffer.records) == 6 and w.checkpoint.in_flight == 1
+    assert w.batcher.buffered == 6 and w.checkpoint.in_flight == 1
     broker.hold_sends = False
     broker.release()
     spin(w, 0.1)
@@ -223,7 +223,7 @@ def test_reload_between_batches(tmp_path: Path) -> None:
     feed(broker, 8)
     spin(w, 0.2)
     known_pole_bundle(tmp_path / "kp.zpb", pole=2.0, version="known-pole-2")
-    w.reload_requested = True
+    w.signals.request_reload()
     spin(w, 0.1)
     feed(broker, 8, start=8)
     spin(w, 0.2)
@@ -239,9 +239,9 @@ def test_reload_under_continuous_load(tmp_path: Path) -> None:
     broker.hold_sends = True
     feed(broker, 20)
     spin(w, 0.1)
-    assert w.checkpoint.in_flight == 1 and w.buffer is not None
+    assert w.checkpoint.in_flight == 1 and w.batcher.batch is not None
     known_pole_bundle(tmp_path / "kp.zpb", pole=2.0, version="known-pole-2")
-    w.reload_requested = True
+    w.signals.request_reload()
     spin(w, 0.05)
     assert w.runtime.model_version == "known-pole-2"
     broker.hold_sends = False
@@ -259,7 +259,7 @@ def test_shutdown_commits_only_durable(tmp_path: Path) -> None:
     broker.hold_sends = True
     feed(broker, 8, start=8)
     spin(w, 0.2)
-    w.stopping = True
+    w.signals.stop = True
     t0 = time.monotonic()
     assert w.shutdown() == 0
     assert time.monotonic() - t0 < 2.0  # bounded drain
