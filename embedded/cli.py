@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from embedded.stack import StackOptions, run_stack
+from embedded.options import StackOptions
+from embedded.stack import run_stack
 
 
 def register(sub: Any) -> None:

@@ -9,12 +9,11 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from embedded.stack import StackOptions, Timeline
+from embedded.options import StackOptions, Timeline
 
 
 def count_outputs(bootstrap: str, expected: int, timeout_s: float = 30.0) -> dict[str, Any]:

@@ -17,13 +17,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import orjson
 
 from embedded.arm_events import ScenarioConfig, produce
+from embedded.options import StackOptions, Timeline
 from embedded.services import ManagedProcess, start_redis, start_tansu
 
 #: kafka-python settings tansu needs (see shared notes): fast group joins, short fetch waits.
@@ -32,28 +33,6 @@ TANSU_CLIENT_ENV = {
     "ZEROPROOF_HEARTBEAT_INTERVAL_MS": "1000",
     "ZEROPROOF_FETCH_MAX_WAIT_MS": "50",
 }
-
-
-@dataclass
-class StackOptions:
-    duration_s: float = 60.0
-    rate_per_second: float = 400.0
-    arms: int = 6
-    out_dir: Path = field(default_factory=lambda: Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    model_path: Path = Path("runs/models/arm.zpb")
-    train_seconds: float = 90.0
-    drain_timeout_s: float = 30.0
-    worker_metrics_port: int = 0
-    monitor_metrics_port: int = 0
-
-
-@dataclass
-class Timeline:
-    """Per-second aggregates of what the workers published, for the live view and the plot."""
-
-    points: list[dict[str, float]] = field(default_factory=list)
-    alerts: list[dict[str, Any]] = field(default_factory=list)
-    totals: dict[str, int] = field(default_factory=dict)
 
 
 class Child:
