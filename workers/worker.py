@@ -241,6 +241,9 @@ class Worker:
         self.checkpoint.progress()
         if self.checkpoint.in_flight == 0:
             self.metrics.last_progress.set(time.time())
+        # A batch computed while its predecessor awaited its acknowledgements goes out as soon as there is room,
+        # before the poll: polled first, it waited out the poll's idle timeout (100 ms at low load).
+        self._submit_ready()
         self.reloader.maybe_reload(self.signals.take_reload())
         self.bottom_log.tick()
         # Backpressure: stop fetching when the next batch is full and cannot be dispatched, or a downstream
@@ -259,6 +262,9 @@ class Worker:
             batch = self.batcher.take()
             assert batch is not None
             self.prepared = self.prepare(batch)
+        self._submit_ready()
+
+    def _submit_ready(self) -> None:
         if self.prepared is not None and self._can_dispatch():
             p, self.prepared = self.prepared, None
             self.submit(p)

@@ -284,3 +284,30 @@ def test_input_that_cannot_be_held_back_stops_the_worker_with_exit_code_3(tmp_pa
     w.step()
     assert w.stopping and w.exit_code == 3
     assert w.shutdown() == 3 and consumer.closed
+
+
+def test_a_prepared_batch_goes_out_before_the_next_poll_waits(tmp_path: Path) -> None:
+    """Issue 15: a batch computed while its predecessor awaited its acks then waited out the next poll's idle
+    timeout (100 ms) once the predecessor was committed. It must be sent first, and the poll then only waits
+    for acknowledgements (a few ms)."""
+    w, broker, consumer, _ = make(tmp_path, max_batch_size=1000, max_batch_delay_ms=10_000)
+    broker.hold_sends = True
+    w.step()  # joins
+    feed(broker, 1)
+    w.step()  # batch 1 sent, unacknowledged
+    feed(broker, 1, start=1)
+    w.step()  # batch 2 computed, waiting for room
+    assert w.checkpoint.in_flight == 1 and w.prepared is not None
+    broker.hold_sends = False
+    broker.release()
+    timeouts: list[tuple[float, int]] = []
+    real_poll = consumer.poll
+
+    def poll(timeout_s: float, max_records: int) -> list[Any]:
+        timeouts.append((timeout_s, w.checkpoint.in_flight))
+        return real_poll(timeout_s, max_records)
+
+    consumer.poll = poll  # type: ignore[method-assign]
+    w.step()
+    assert w.prepared is None
+    assert timeouts == [(0.002, 1)]  # batch 2 in flight before the poll, which waits only for its acks
