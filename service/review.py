@@ -466,6 +466,38 @@ class RedisReviewStore:
             verdict=_verdict_of(d),
         )
 
+    def get_many(self, sources: Sequence[str]) -> list[ReviewRecord]:
+        """:meth:`get` for many records in two round trips (exports)."""
+        pipe = self.client.pipeline(transaction=False)
+        for s in sources:
+            pipe.hgetall(self.key(s))
+            pipe.lrange(self.audit_key(s), 0, -1)
+        got = pipe.execute()
+        found = []
+        for i, s in enumerate(sources):
+            h, audit = got[2 * i], got[2 * i + 1]
+            if h:
+                found.append((s, {_text(k): v for k, v in h.items()}, audit))
+        pipe = self.client.pipeline(transaction=False)
+        for _, d, _ in found:
+            pipe.smembers(self.id_key(_text(d.get("id", b""))))
+        shared = pipe.execute()
+        return [
+            ReviewRecord(
+                source=s,
+                id=_text(d.get("id", b"")),
+                status=_text(d.get("status", b"pending")),
+                deliveries=int(d.get("deliveries", b"0")),
+                record=orjson.loads(d["record"]) if "record" in d else {},
+                acked_at=float(d["acked_at"]) if "acked_at" in d else None,
+                replays=int(d.get("replays", b"0")),
+                audit=[orjson.loads(a) for a in audit],
+                shares_id_with=sorted(_text(x) for x in others if _text(x) != s),
+                verdict=_verdict_of(d),
+            )
+            for (s, d, audit), others in zip(found, shared, strict=True)
+        ]
+
     def sources_for(self, input_id: str) -> list[str]:
         """Sources of every record with this input id, oldest first."""
         sources = [_text(s) for s in self.client.smembers(self.id_key(input_id))]
