@@ -95,12 +95,13 @@ class OverviewCore:
         chart_window: float = 3600.0,
         clock: Clock = time.time,
         recent: float | None = None,
+        monotonic: Clock = time.monotonic,
     ) -> None:
         self.ms = monitor_settings
         self.clock = clock
         self.lock = threading.Lock()
         # No sinks and never out of "replay": the console reads alerts from the alerts topic, it never emits any.
-        self.monitor = Monitor(monitor_settings, sinks=[], clock=clock)
+        self.monitor = Monitor(monitor_settings, sinks=[], clock=clock, monotonic=monotonic)
         self.chart_window = chart_window
         self.chart = WindowStore(monitor_settings.bucket, chart_window + 2 * monitor_settings.bucket)
         self.recent = recent if recent is not None else chart_window
