@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import structlog
 
@@ -43,6 +46,28 @@ def _index_until_done(store: object, stop: threading.Event) -> None:
             log.warning("indexing review records failed; retrying", error=secrets.scrub(str(exc))[:300])
             stop.wait(delay)
             delay = min(delay * 2, 30.0)
+
+
+def _server_class() -> type[Any]:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that SIGTERM/SIGINT end it with exit code 0 after the graceful stop (uvicorn
+        re-raises the signal, which would kill the process before our own shutdown and its last log line)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "zeroproof-console") -> int:
@@ -85,7 +110,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "zeroproof-console") -> 
     config = uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="on", server_header=False, timeout_graceful_shutdown=5
     )
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     log.info("console up", url=settings.url(), read_only=settings.console_read_only, auth=settings.auth_required)
     try:
         server.run(sockets=[sock])
