@@ -197,7 +197,10 @@ class OverviewCore:
                 short = snap.windows.get((key, "short"), empty) if snap else empty
                 long = snap.windows.get((key, "long"), empty) if snap else empty
                 ti, tt = self.monitor.store.live_thresholds.get(version, (None, None))
-                chart_end = t if t is not None else (self.chart.watermark or self.clock())
+                # the chart shows everything received, up to the end of the newest batch's bucket (the tables
+                # show the monitor's numbers at its last evaluated tick, which may be a bucket or so behind)
+                newest = self.chart.watermark if self.chart.watermark is not None else (t or self.clock())
+                chart_end = (self.chart.slot(newest) + 1) * self.chart.bucket
                 versions.append(VersionView(version, ti, tt, short, long, self._chart(version, chart_end)))
             now = self.clock()
             firing = sorted((a for a in self.alerts.values() if a.state == "firing"), key=lambda a: -a.started_at)

@@ -22,7 +22,9 @@ log = structlog.get_logger("zeroproof.console")
 def _bind(settings: ConsoleSettings) -> socket.socket:
     host = settings.console_host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on such sockets; without it a response written in two parts
+    # waits for the client's delayed ACK (40 ms on every keep-alive request).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, settings.console_port))
     sock.listen(128)

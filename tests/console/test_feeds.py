@@ -51,7 +51,8 @@ def test_rates_equal_the_monitors_for_the_same_stats() -> None:
     v1 = view.versions[0]
     assert v1.short.bottom_rate is not None and v1.short.bottom_rate > 0.1  # the fault phase is in the short window
     assert v1.long.total > v1.short.total > 0
-    assert v1.chart and v1.chart[-1].end == view.evaluated_at and len(v1.chart) <= 120
+    assert v1.chart and len(v1.chart) <= 120 and view.evaluated_at is not None
+    assert view.evaluated_at <= v1.chart[-1].end <= view.evaluated_at + 2 * 5.0 + 5.0  # up to the newest bucket
     assert max(p.bottom_rate or 0 for p in v1.chart) > 0.1 > min(p.bottom_rate or 1 for p in v1.chart)
 
 
