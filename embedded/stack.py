@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -282,7 +283,11 @@ def start_console(options: StackOptions, bootstrap: str, redis_url: str, out: Te
     port = console_port(options.console_port)
     env = child_env(bootstrap, redis_url, {**monitor_env(options), "ZEROPROOF_CONSOLE_PORT": str(port)})
     env.pop("ZEROPROOF_CONSOLE_HOST", None)  # loopback: no token needed, nothing exposed
-    child = Child("console", [sys.executable, "-m", "console"], env, options.out_dir / "console.log")
+    # Niced: on a small machine its start-up (imports, replaying the stats topic) must not delay the worker's.
+    cmd = [sys.executable, "-m", "console"]
+    if shutil.which("nice"):
+        cmd = ["nice", "-n", "10", *cmd]
+    child = Child("console", cmd, env, options.out_dir / "console.log")
     url = f"http://127.0.0.1:{port}/"
     _say(out, f"console: {url}  (overview and review queue of this run; log {child.log_path})")
     return child, url
