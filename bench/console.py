@@ -172,7 +172,7 @@ def main() -> int:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:  # the console replays the stats topic at start-up
                 data = client.get("/overview.json").json()
-                if data["stats_records"] >= 3590 and len(data["versions"]) == 2:
+                if data["caught_up"] and len(data["versions"]) == 2:
                     break
                 time.sleep(0.5)
             sources = store.list_sources("pending", 0)
@@ -192,9 +192,10 @@ def main() -> int:
             for path in queue_paths.values():  # warm-up: templates compiled, connections open
                 client.get(path)
             per_kind = max(1, args.requests // len(queue_paths))
-            queue: dict[str, list[float]] = {}
-            for name, path in queue_paths.items():
-                queue[name] = measure(client, [path] * per_kind, b"match-count")
+            queue: dict[str, list[float]] = {name: [] for name in queue_paths}
+            for _ in range(per_kind):  # round-robin: no filter kind gets a quieter or busier moment than another
+                for name, path in queue_paths.items():
+                    queue[name] += measure(client, [path], b"match-count")
             records = measure(client, [f"/record/{rng.choice(sources)}" for _ in range(args.requests)], b"elements")
             overview = measure(client, ["/"] * max(20, args.requests // 4), b"pending-total")
         all_queue = [v for vs in queue.values() for v in vs]

@@ -331,6 +331,7 @@ def build_routes(c: Console) -> list[Route | Mount]:
                 "dlq_total": data.dlq_total,
                 "dlq_recent": data.dlq_recent,
                 "kafka_connected": data.connected,
+                "caught_up": data.caught_up,
                 "kafka_error": data.error,
                 "stats_records": data.stats_records,
             }

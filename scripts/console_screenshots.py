@@ -45,4 +45,5 @@ def main(url: str, out: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080/", Path(sys.argv[2] if len(sys.argv) > 2 else "docs")))
+    url = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080/"
+    sys.exit(main(url, Path(sys.argv[2] if len(sys.argv) > 2 else "docs")))
