@@ -306,6 +306,17 @@ def wait_until_stopped(out: TextIO, url: str) -> None:
         pass
 
 
+def wait_for_log_event(child: Child, event: str, timeout: float) -> bool:
+    """Until ``child`` logged the structlog ``event`` (JSON lines); False after ``timeout`` or if it exited."""
+    needle = f'"event": "{event}"'.encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and child.alive():
+        if needle in child.log_path.read_bytes():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def run_stack(options: StackOptions, out: TextIO = sys.stdout) -> int:
     from embedded.report import build_report, count_outputs, write_report
 
@@ -343,6 +354,9 @@ def run_stack(options: StackOptions, out: TextIO = sys.stdout) -> int:
             children.append(console)
             if options.worker_metrics_port:
                 wait_for_port(options.worker_metrics_port, timeout=60)
+            # Produce once the worker consumes: on a busy machine its start-up (now beside the console's) could
+            # otherwise outlast the first seconds of traffic, and the fault burst would arrive as one backlog.
+            wait_for_log_event(children[0], "partitions_assigned", timeout=90)
             live = LiveView(bootstrap, out)
             live.start()
             scenario = ScenarioConfig(
