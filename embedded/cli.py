@@ -24,6 +24,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--worker-metrics-port", type=int, default=0)
     p.add_argument("--monitor-metrics-port", type=int, default=0)
+    p.add_argument(
+        "--console-port", type=int, default=8080, help="review console port (default 8080, else a free one; 0 = free)"
+    )
+    p.add_argument(
+        "--keep", action="store_true", help="after the report, keep everything up (console included) until Ctrl-C"
+    )
     p.set_defaults(func=_run)
 
 
@@ -35,6 +41,8 @@ def _run(args: argparse.Namespace) -> int:
         model_path=args.model,
         worker_metrics_port=args.worker_metrics_port,
         monitor_metrics_port=args.monitor_metrics_port,
+        console_port=args.console_port,
+        keep=args.keep,
     )
     if args.out is not None:
         options.out_dir = args.out

@@ -12,12 +12,14 @@ from service.settings import ServiceSettings
 
 
 def services() -> list[tuple[str, str, type[ServiceSettings]]]:
+    from console.settings import ConsoleSettings
     from monitoring.settings import MonitorSettings
     from workers.settings import WorkerSettings
 
     return [
         ("Worker", "zeroproof-worker", WorkerSettings),
         ("Monitor", "zeroproof-monitor", MonitorSettings),
+        ("Console", "zeroproof console", ConsoleSettings),
     ]
 
 

@@ -19,6 +19,10 @@ class StackOptions:
     drain_timeout_s: float = 30.0
     worker_metrics_port: int = 0
     monitor_metrics_port: int = 0
+    #: the review console's port (0 = any free one; the default falls back to a free one when 8080 is taken)
+    console_port: int = 8080
+    #: keep broker, Redis, worker, monitor and console up after the report until Ctrl-C
+    keep: bool = False
 
 
 @dataclass

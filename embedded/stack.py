@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import orjson
 
 from embedded.arm_events import ScenarioConfig, produce
 from embedded.options import StackOptions, Timeline
-from embedded.services import ManagedProcess, start_redis, start_tansu
+from embedded.services import ManagedProcess, free_port, start_redis, start_tansu
 
 #: kafka-python settings tansu needs (see shared notes): fast group joins, short fetch waits.
 TANSU_CLIENT_ENV = {
@@ -254,6 +255,45 @@ class LiveView(threading.Thread):
         return {k for k, v in state.items() if v == "firing"}
 
 
+def console_port(wanted: int) -> int:
+    """``wanted`` if it is free on loopback, else any free port (a second run, or something else on 8080)."""
+    import socket
+
+    if wanted:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", wanted))
+            return wanted
+    return free_port()
+
+
+def start_console(options: StackOptions, bootstrap: str, redis_url: str, out: TextIO) -> tuple[Child, str]:
+    """The review console on loopback, with the monitor's windows (same numbers as the monitor)."""
+    port = console_port(options.console_port)
+    env = child_env(bootstrap, redis_url, {**monitor_env(options), "ZEROPROOF_CONSOLE_PORT": str(port)})
+    env.pop("ZEROPROOF_CONSOLE_HOST", None)  # loopback: no token needed, nothing exposed
+    # Niced: on a small machine its start-up (imports, replaying the stats topic) must not delay the worker's.
+    cmd = [sys.executable, "-m", "console"]
+    if shutil.which("nice"):
+        cmd = ["nice", "-n", "10", *cmd]
+    child = Child("console", cmd, env, options.out_dir / "console.log")
+    url = f"http://127.0.0.1:{port}/"
+    _say(out, f"console: {url}  (overview and review queue of this run; log {child.log_path})")
+    return child, url
+
+
+def wait_until_stopped(out: TextIO, url: str) -> None:
+    """``--keep``: everything stays up until Ctrl-C (the caller stops it all then)."""
+    _say(out, f"kept running: console {url} , broker, Redis, worker and monitor; press Ctrl-C to stop")
+
+    def _term(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM (a process manager, `timeout`) ends it like Ctrl-C: everything stopped
+
+    signal.signal(signal.SIGTERM, _term)
+    stop = threading.Event()
+    while not stop.wait(3600):
+        pass
+
+
 def run_stack(options: StackOptions, out: TextIO = sys.stdout) -> int:
     from embedded.report import build_report, count_outputs, write_report
 
@@ -263,6 +303,7 @@ def run_stack(options: StackOptions, out: TextIO = sys.stdout) -> int:
     children: list[Child] = []
     live: LiveView | None = None
     interrupted = False
+    kept = False  # --keep: the report is out and Ctrl-C is the normal end
     counts: dict[str, int] = {}
     try:
         with services(options, out) as (bootstrap, redis_url):
@@ -286,9 +327,11 @@ def run_stack(options: StackOptions, out: TextIO = sys.stdout) -> int:
                     options.out_dir / "monitor.log",
                 )
             )
+            console, console_url = start_console(options, bootstrap, redis_url, out)
+            children.append(console)
             # Events start once the worker serves and the monitor listens: produced earlier, the fault burst would
             # reach them as a backlog, squeezed into a moment of event time too short to fire an alert.
-            for child, ready in zip(children, ("partitions_assigned", "state rebuilt"), strict=True):
+            for child, ready in zip(children, ("partitions_assigned", "state rebuilt"), strict=False):
                 if not child.wait_for_event(ready, timeout=120):
                     _say(out, f"{child.name} is not ready (see {child.log_path}); producing anyway")
             _say(out, "worker serving, monitor listening")
@@ -311,15 +354,19 @@ def run_stack(options: StackOptions, out: TextIO = sys.stdout) -> int:
             time.sleep(3.0)  # let the monitor see the last stats and resolve what recovered
             live.stop_event.set()
             live.join(timeout=10)
-            for child in reversed(children):
-                child.stop()
+            if not options.keep:
+                for child in reversed(children):
+                    child.stop()
             report = build_report(options, counts, outputs, live.timeline, redis_url, bootstrap)
             paths = write_report(report, live.timeline, options.out_dir)
             _say(out, report["summary_text"])
             _say(out, f"report: {paths['markdown']}  plot: {paths['plot']}  json: {paths['json']}")
+            if options.keep:
+                kept = True
+                wait_until_stopped(out, console_url)
     except KeyboardInterrupt:
-        interrupted = True
-        _say(out, "interrupted: stopping everything this run started")
+        interrupted = not (options.keep and kept)
+        _say(out, "interrupted: stopping everything this run started" if interrupted else "stopping everything")
     finally:
         if live is not None:
             live.stop_event.set()

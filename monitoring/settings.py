@@ -12,38 +12,20 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings
 
 from service.alertmanager import AlertmanagerSettings
 from service.kafka import KafkaConnectionSettings
 from service.logs import LogLevel
-from service.settings import Duration, NamedSettingError, ServiceSettings
+from service.settings import Duration, NamedSettingError, ServiceSettings, TopicSettings
 from service.settings import SettingsError as SettingsError  # re-exported for callers
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class MonitorSettings(KafkaConnectionSettings, AlertmanagerSettings, ServiceSettings):
-    """The monitor: windows, rules and sinks. Defaults follow the seed: coverage < 90%, gap > 5%, ⊥ rise."""
+class MonitorWindows(BaseSettings):
+    """Monitor windows (the monitor's and the console's rates are computed over them)."""
 
-    # --- topics and endpoints (contract §2)
-    kafka_timeout: Duration = Field(default=30.0, description="request and bootstrap timeout of its Kafka clients")
-    stats_topic: str = Field(default="zeroproof.stats", min_length=1, description="the workers' per-batch stats")
-    alerts_topic: str = Field(
-        default="zeroproof.alerts", min_length=1, description="alert events; also read back after a restart"
-    )
-    monitor_client_id: str = Field(
-        default="zeroproof-monitor",
-        min_length=1,
-        validation_alias=AliasChoices("monitor_client_id", "ZEROPROOF_MONITOR_CLIENT_ID", "ZEROPROOF_GROUP_ID"),
-        description="prefix of its Kafka client ids (joins no group; ZEROPROOF_GROUP_ID is still read)",
-    )
-    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus endpoint port; 0 = off")
-    metrics_host: str = Field(default="0.0.0.0", min_length=1, description="bind address of the metrics endpoint")
-    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
-        default="none", description="compression of the alert records it produces"
-    )
-
-    # --- aggregation
     monitor_label: str | None = Field(
         default=None, description="input label to break rates down by (workers must list it in STATS_LABELS)"
     )
@@ -59,6 +41,51 @@ class MonitorSettings(KafkaConnectionSettings, AlertmanagerSettings, ServiceSett
         default=200, ge=1, description="label values per model version; the rest pooled as __other__"
     )
     max_clock_skew: Duration = Field(default=600.0, description="stats from further in the future are skipped")
+
+    @field_validator("monitor_label")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        return v.strip() or None if v is not None else None
+
+    @field_validator("bucket", "eval_interval", "short_window", "long_window")
+    @classmethod
+    def _positive_window(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _windows(self) -> MonitorWindows:
+        for name in ("short_window", "long_window", "eval_interval"):
+            ratio = getattr(self, name) / self.bucket
+            if abs(ratio - round(ratio)) > 1e-9:
+                raise NamedSettingError(name, f"must be a multiple of ZEROPROOF_BUCKET ({self.bucket:g}s)")
+        if self.long_window <= self.short_window:
+            raise NamedSettingError("long_window", "must be longer than ZEROPROOF_SHORT_WINDOW")
+        return self
+
+    @property
+    def baseline_window(self) -> float:
+        """The trailing baseline of the ⊥-rise rule: the long window minus the short one."""
+        return self.long_window - self.short_window
+
+
+class MonitorSettings(MonitorWindows, TopicSettings, KafkaConnectionSettings, AlertmanagerSettings, ServiceSettings):
+    """The monitor: windows, rules and sinks. Defaults follow the seed: coverage < 90%, gap > 5%, ⊥ rise."""
+
+    # --- topics and endpoints (contract §2)
+    kafka_timeout: Duration = Field(default=30.0, description="request and bootstrap timeout of its Kafka clients")
+    monitor_client_id: str = Field(
+        default="zeroproof-monitor",
+        min_length=1,
+        validation_alias=AliasChoices("monitor_client_id", "ZEROPROOF_MONITOR_CLIENT_ID", "ZEROPROOF_GROUP_ID"),
+        description="prefix of its Kafka client ids (joins no group; ZEROPROOF_GROUP_ID is still read)",
+    )
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus endpoint port; 0 = off")
+    metrics_host: str = Field(default="0.0.0.0", min_length=1, description="bind address of the metrics endpoint")
+    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        default="none", description="compression of the alert records it produces"
+    )
 
     # --- rules: thresholds, clear levels (hysteresis), pending durations
     coverage_threshold: Rate = Field(default=0.90, description="coverage_low fires below this")
@@ -86,12 +113,7 @@ class MonitorSettings(KafkaConnectionSettings, AlertmanagerSettings, ServiceSett
     log_level: LogLevel = Field(default="info", description="debug, info, warning or error")
     log_json: bool = Field(default=True, description="JSON lines (false: human-readable console lines)")
 
-    @field_validator("monitor_label")
-    @classmethod
-    def _label(cls, v: str | None) -> str | None:
-        return v.strip() or None if v is not None else None
-
-    @field_validator("bucket", "eval_interval", "short_window", "long_window", "alertmanager_timeout", "kafka_timeout")
+    @field_validator("alertmanager_timeout", "kafka_timeout")
     @classmethod
     def _positive(cls, v: float) -> float:
         if v <= 0:
@@ -100,15 +122,6 @@ class MonitorSettings(KafkaConnectionSettings, AlertmanagerSettings, ServiceSett
 
     @model_validator(mode="after")
     def _consistent(self) -> MonitorSettings:
-        def multiple(name: str, value: float) -> None:
-            ratio = value / self.bucket
-            if abs(ratio - round(ratio)) > 1e-9:
-                raise _field_error(name, f"must be a multiple of ZEROPROOF_BUCKET ({self.bucket:g}s)")
-
-        for name in ("short_window", "long_window", "eval_interval"):
-            multiple(name, getattr(self, name))
-        if self.long_window <= self.short_window:
-            raise _field_error("long_window", "must be longer than ZEROPROOF_SHORT_WINDOW")
         if self.coverage_clear < self.coverage_threshold:
             raise _field_error("coverage_clear", "must be >= ZEROPROOF_COVERAGE_THRESHOLD (hysteresis)")
         if self.gap_clear > self.gap_threshold:
@@ -120,11 +133,6 @@ class MonitorSettings(KafkaConnectionSettings, AlertmanagerSettings, ServiceSett
         if self.no_data_after <= 0:
             raise _field_error("no_data_after", "must be > 0")
         return self
-
-    @property
-    def baseline_window(self) -> float:
-        """The trailing baseline of the ⊥-rise rule: the long window minus the short one."""
-        return self.long_window - self.short_window
 
 
 def _field_error(name: str, msg: str) -> NamedSettingError:

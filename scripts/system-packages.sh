@@ -3,7 +3,7 @@
 # Installed when we are root on a Debian-like machine (CI, the development machines); elsewhere the tests that
 # need them report one skip line each naming the package.
 set -euo pipefail
-PACKAGES=(prometheus prometheus-alertmanager kcat openssl)
+PACKAGES=(prometheus prometheus-alertmanager kcat openssl chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -55,6 +55,9 @@ class RedisConnectionSettings(BaseSettings):
     redis_password: SecretStr | None = Field(default=None, description="AUTH password instead of in the URL (secret)")
     redis_ssl_ca_file: Path | None = Field(default=None, description="CA bundle for rediss://")
     redis_timeout_s: Duration = Field(default=2.0, gt=0, description="socket and connect timeout")
+    redis_key_prefix: str = Field(
+        default="zeroproof:review", min_length=1, description="prefix of the review log's keys"
+    )
 
     @field_validator("redis_url")
     @classmethod

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Self
 
-from pydantic import AliasChoices, BeforeValidator, SecretStr, ValidationError
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -208,3 +208,18 @@ class ServiceSettings(BaseSettings):
             return cls(**values)
         except ValidationError as exc:
             raise SettingsError(describe_validation_error(cls, exc)) from None
+
+
+class TopicSettings(BaseSettings):
+    """Topics (contract §2: one environment names them for every service)."""
+
+    input_topic: str = Field(default="zeroproof.inputs", min_length=1, description="input messages (key = entity)")
+    output_topic: str = Field(default="zeroproof.outputs", min_length=1, description="one output per valid input")
+    fallback_topic: str = Field(
+        default="zeroproof.fallback", min_length=1, description="requests for the external fallback controller"
+    )
+    dlq_topic: str = Field(default="zeroproof.dlq", min_length=1, description="inputs that cannot be served")
+    stats_topic: str = Field(default="zeroproof.stats", min_length=1, description="the workers' per-batch stats")
+    alerts_topic: str = Field(
+        default="zeroproof.alerts", min_length=1, description="the monitor's alert events (read back after a restart)"
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from console.settings import build_arg_parser as console_parser
 from embedded.config_cli import reference, services
 from monitoring.settings import build_arg_parser as monitor_parser
 from workers.settings import build_arg_parser as worker_parser
@@ -29,12 +30,12 @@ def test_every_setting_says_what_it_does(title: str, command: str, settings: typ
     assert [name for name, f in settings.model_fields.items() if not (f.description or "").strip()] == []
 
 
-@pytest.mark.parametrize("parser", [worker_parser, monitor_parser])
+@pytest.mark.parametrize("parser", [worker_parser, monitor_parser, console_parser])
 def test_help_shows_the_reference_text(parser: object) -> None:
     # argparse wraps lines (also at hyphens): compare without any whitespace
     help_text = "".join(parser().format_help().split())  # type: ignore[operator]
     for title, _, settings in services():
-        if parser().prog != f"zeroproof-{title.lower()}":  # type: ignore[operator]
+        if parser().prog not in (f"zeroproof-{title.lower()}", f"zeroproof {title.lower()}"):  # type: ignore[operator]
             continue
         for doc in settings.reference():
             assert "".join(doc.description.split()) in help_text, doc.name

@@ -22,7 +22,7 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 from service.kafka import KafkaConnectionSettings
 from service.logs import LogLevel
 from service.redis import RedisConnectionSettings
-from service.settings import Duration, Milliseconds, NamedSettingError, ServiceSettings, parse_duration
+from service.settings import Duration, Milliseconds, NamedSettingError, ServiceSettings, TopicSettings, parse_duration
 from service.settings import SettingsError as SettingsError  # re-exported for callers
 
 Policy = Literal["accept", "fallback", "reject"]
@@ -69,7 +69,7 @@ def parse_threshold_pairs(text: str) -> list[tuple[float, float | None]]:
     return pairs
 
 
-class WorkerSettings(KafkaConnectionSettings, RedisConnectionSettings, ServiceSettings):
+class WorkerSettings(TopicSettings, KafkaConnectionSettings, RedisConnectionSettings, ServiceSettings):
     """The worker: model, topics, batching, delivery, routing and observability; see docs/configuration.md."""
 
     # --- model and topics (contract §2)
@@ -83,18 +83,6 @@ class WorkerSettings(KafkaConnectionSettings, RedisConnectionSettings, ServiceSe
     )
     thresholds_file: Path | None = Field(
         default=None, description="JSON {tau_infer, tau_train} watched for hot reload; wins over the settings"
-    )
-    input_topic: str = Field(default="zeroproof.inputs", min_length=1, description="topic of the input messages")
-    output_topic: str = Field(default="zeroproof.outputs", min_length=1, description="one output per valid input")
-    fallback_topic: str = Field(
-        default="zeroproof.fallback", min_length=1, description="requests for the external fallback controller"
-    )
-    dlq_topic: str = Field(default="zeroproof.dlq", min_length=1, description="inputs that cannot be served")
-    stats_topic: str = Field(
-        default="zeroproof.stats", min_length=1, description="one record per batch, for the monitor"
-    )
-    alerts_topic: str = Field(
-        default="zeroproof.alerts", min_length=1, description="the monitor's alerts topic (unused by the worker)"
     )
     group_id: str = Field(default="zeroproof-worker", min_length=1, description="the workers' Kafka consumer group")
     worker_id: str = Field(
@@ -153,7 +141,6 @@ class WorkerSettings(KafkaConnectionSettings, RedisConnectionSettings, ServiceSe
     )
 
     # --- review log
-    redis_key_prefix: str = Field(default="zeroproof:review", min_length=1, description="prefix of the review keys")
     redis_allow_eviction: bool = Field(
         default=False, description="start even if Redis may evict review records (allkeys-* policy with maxmemory)"
     )
