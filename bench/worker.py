@@ -524,7 +524,7 @@ def main() -> int:
         "worker_settings": {
             "max_batch_size": 1024,
             "max_batch_delay_ms": 20,
-            "max_in_flight_batches": 1,
+            "max_in_flight_records": "max_batch_size (default)",
             "dispatch_when_idle": True,
             "fetch_max_wait_ms": 5,
             "producer_linger_ms": 0,

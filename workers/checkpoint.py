@@ -34,6 +34,8 @@ from workers.transport.base import (
 class InFlight:
     seq: int
     offsets: dict[TopicPartition, int]
+    #: input records per partition (sent, not committed: what a crash would deliver again)
+    records: dict[TopicPartition, int]
     sends: list[Outgoing]
     handles: list[DeliveryHandle]
     reviews: list[ReviewItem]
@@ -81,12 +83,20 @@ class Checkpoint:
         self._isolated: Producer | None = None
         self.pending: deque[InFlight] = deque()
         self.uncommitted: dict[TopicPartition, int] = {}
+        #: input records of durable batches per partition whose offsets are not committed yet
+        self.uncommitted_records: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
         self._seq = 0
 
     @property
     def in_flight(self) -> int:
         return len(self.pending)
+
+    @property
+    def records_in_flight(self) -> int:
+        """Input records whose outputs were sent but whose offsets are not committed: a crash now would deliver
+        them again. The worker keeps this at most ``max_in_flight_records`` (the contract's duplicate bound)."""
+        return sum(sum(b.records.values()) for b in self.pending) + sum(self.uncommitted_records.values())
 
     @property
     def blocked_downstream(self) -> bool:
@@ -105,6 +115,7 @@ class Checkpoint:
         batch = InFlight(
             self._seq,
             dict(delivery.offsets),
+            dict(delivery.records),
             sends,
             handles,
             delivery.reviews,
@@ -112,8 +123,12 @@ class Checkpoint:
         )
         self._write_reviews(batch, time.monotonic())
         self.pending.append(batch)
-        self.metrics.in_flight.set(len(self.pending))
+        self._gauges()
         return batch
+
+    def _gauges(self) -> None:
+        self.metrics.in_flight.set(len(self.pending))
+        self.metrics.in_flight_records.set(self.records_in_flight)
 
     def _write_reviews(self, batch: InFlight, now: float) -> None:
         if batch.reviews_done:
@@ -256,18 +271,24 @@ class Checkpoint:
             for tp, off in b.offsets.items():
                 if off > self.uncommitted.get(tp, -1):
                     self.uncommitted[tp] = off
+            for tp, n in b.records.items():
+                self.uncommitted_records[tp] = self.uncommitted_records.get(tp, 0) + n
             kinds: dict[str, int] = {}
             for s in b.sends:
                 kinds[s.kind] = kinds.get(s.kind, 0) + 1
             self.metrics.batch_durable(kinds, b.input_timestamps_ms)
         if done:
-            self.metrics.in_flight.set(len(self.pending))
+            self._gauges()
         if commit:
             self.commit()
         return done
 
     def commit(self) -> bool:
         offsets = {tp: off for tp, off in self.uncommitted.items() if self.committed.get(tp, -1) < off}
+        if len(offsets) < len(self.uncommitted):  # already committed further (by a revoke's commit): nothing at risk
+            for tp in [tp for tp in self.uncommitted if tp not in offsets]:
+                del self.uncommitted[tp]
+                self.uncommitted_records.pop(tp, None)
         if not offsets:
             return True
         t0 = time.perf_counter()
@@ -282,6 +303,8 @@ class Checkpoint:
         for tp in offsets:
             if self.uncommitted.get(tp) == offsets[tp]:
                 del self.uncommitted[tp]
+                self.uncommitted_records.pop(tp, None)
+        self._gauges()
         return True
 
     def drain(self, timeout_s: float, commit: bool = True) -> bool:
@@ -317,9 +340,11 @@ class Checkpoint:
         for b in self.pending:
             for tp in gone & set(b.offsets):
                 del b.offsets[tp]
+                b.records.pop(tp, None)
                 dropped += 1
         for tp in gone:
             self.uncommitted.pop(tp, None)
+            self.uncommitted_records.pop(tp, None)
             self.committed.pop(tp, None)
         return dropped
 

@@ -96,6 +96,8 @@ class Delivery:
     reviews: list[ReviewItem] = field(default_factory=list)
     #: next offset to read per partition once the batch is durable
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    #: input records per partition: what a crash before the commit would deliver again (the duplicate bound)
+    records: dict[TopicPartition, int] = field(default_factory=dict)
     #: producer timestamps (ms) of the inputs that got an output, for end-to-end latency.
     input_timestamps_ms: list[int] = field(default_factory=list)
 
@@ -358,13 +360,17 @@ def _spans(records: Sequence[Record], delivery: Delivery, stats: BatchStats) -> 
         off = rec.offset
         r = ranges.get((rec.topic, rec.partition))
         if r is None:
-            ranges[(rec.topic, rec.partition)] = [off, off]
-        elif off < r[0]:
+            ranges[(rec.topic, rec.partition)] = [off, off, 1]
+            continue
+        r[2] += 1
+        if off < r[0]:
             r[0] = off
         elif off > r[1]:
             r[1] = off
-    for (topic, partition), (lo, hi) in ranges.items():
-        delivery.offsets[TopicPartition(topic, partition)] = hi + 1
+    for (topic, partition), (lo, hi, count) in ranges.items():
+        tp = TopicPartition(topic, partition)
+        delivery.offsets[tp] = hi + 1
+        delivery.records[tp] = count
         stats.spans[f"{topic}:{partition}"] = [lo, hi]
 
 

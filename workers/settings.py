@@ -96,8 +96,11 @@ class WorkerSettings(TopicSettings, KafkaConnectionSettings, RedisConnectionSett
     max_batch_delay_ms: PreciseMilliseconds = Field(
         default=20.0, gt=0, le=60_000, description="a batch is dispatched when its first record is this old"
     )
-    max_in_flight_batches: int = Field(
-        default=1, ge=1, le=64, description="batches sent but not committed; the crash duplicate bound"
+    max_in_flight_records: int | None = Field(
+        default=None,
+        ge=1,
+        description="input records sent but not committed, however many batches (the crash duplicate bound); "
+        "default: max_batch_size",
     )
     prepare_ahead: bool = Field(default=True, description="compute the next batch while one awaits its acks")
     dispatch_when_idle: bool = Field(
@@ -253,6 +256,16 @@ class WorkerSettings(TopicSettings, KafkaConnectionSettings, RedisConnectionSett
                 f"must leave {RECORD_OVERHEAD_BYTES} bytes below ZEROPROOF_PRODUCER_MAX_REQUEST_BYTES "
                 f"({self.producer_max_request_bytes}): an output carries its input's key and labels",
             )
+        if self.max_in_flight_records is not None and self.max_in_flight_records < self.max_batch_size:
+            raise NamedSettingError(
+                "max_in_flight_records", f"must be at least max_batch_size ({self.max_batch_size}): a batch must fit"
+            )
+        if "ZEROPROOF_MAX_IN_FLIGHT_BATCHES" in os.environ:
+            raise NamedSettingError(
+                "max_in_flight_batches",
+                "was replaced by ZEROPROOF_MAX_IN_FLIGHT_RECORDS (the duplicate bound is counted in records); "
+                "unset it",
+            )
         if self.drain_timeout_s * 1000 >= self.max_poll_interval_ms:
             raise ValueError("drain_timeout_s must stay below max_poll_interval_ms")
         return self
@@ -273,6 +286,10 @@ class WorkerSettings(TopicSettings, KafkaConnectionSettings, RedisConnectionSett
     @property
     def stats_label_names(self) -> list[str]:
         return [n.strip() for n in self.stats_labels.split(",") if n.strip()]
+
+    @property
+    def in_flight_record_limit(self) -> int:
+        return self.max_in_flight_records or self.max_batch_size
 
     @property
     def max_batch_delay_s(self) -> float:

@@ -171,12 +171,15 @@ class Worker:
         self.flow.rebalanced()
 
     # --- stages ------------------------------------------------------------------------------------------------
-    def _can_dispatch(self) -> bool:
-        return self.checkpoint.in_flight < self.s.max_in_flight_batches
+    def _can_dispatch(self, records: int) -> bool:
+        """Room to send ``records`` more: records sent but not committed stay within the duplicate bound,
+        however many batches they form (small batches at low rate pipeline rather than queue behind commits)."""
+        in_flight = self.checkpoint.records_in_flight
+        return in_flight == 0 or in_flight + records <= self.s.in_flight_record_limit
 
     def prepare(self, batch: Batch) -> Prepared:
-        """Process a batch (CPU only, nothing sent): runs while the previous batch awaits its acks and commit, so
-        compute overlaps I/O without a second batch being sent-but-uncommitted."""
+        """Process a batch (CPU only, nothing sent): runs while earlier batches await their acks and commit, so
+        compute overlaps I/O even when the duplicate bound leaves no room to send it yet."""
         t_start = time.monotonic()
         out = process_batch(batch.records, self.runtime, self.routing, self.pcfg)
         self.batches += 1
@@ -257,7 +260,7 @@ class Worker:
         if (
             self.prepared is None
             and self.batcher.due(time.monotonic())
-            and (self.s.prepare_ahead or self._can_dispatch())
+            and (self.s.prepare_ahead or self._can_dispatch(self.batcher.buffered))
         ):
             batch = self.batcher.take()
             assert batch is not None
@@ -265,7 +268,7 @@ class Worker:
         self._submit_ready()
 
     def _submit_ready(self) -> None:
-        if self.prepared is not None and self._can_dispatch():
+        if self.prepared is not None and self._can_dispatch(len(self.prepared.records)):
             p, self.prepared = self.prepared, None
             self.submit(p)
 

@@ -35,6 +35,8 @@ def test_env_then_cli_override(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"ZEROPROOF_MODEL": "/nonexistent/model.zpb"}, "ZEROPROOF_MODEL"),
         ({"ZEROPROOF_REDIS_URL": "http://x"}, "ZEROPROOF_REDIS_URL"),
         ({"ZEROPROOF_FALLBACK_CONTROLLERS": "hold_last,magic"}, "ZEROPROOF_FALLBACK_CONTROLLERS"),
+        ({"ZEROPROOF_MAX_IN_FLIGHT_RECORDS": "100"}, "ZEROPROOF_MAX_IN_FLIGHT_RECORDS"),  # below max_batch_size
+        ({"ZEROPROOF_MAX_IN_FLIGHT_BATCHES": "2"}, "ZEROPROOF_MAX_IN_FLIGHT_BATCHES"),  # replaced: refused, not ignored
     ],
 )
 def test_invalid_setting_is_one_line(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], name: str) -> None:

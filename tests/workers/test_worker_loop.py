@@ -195,27 +195,88 @@ def test_idle_worker_dispatches_without_waiting_for_the_deadline(tmp_path: Path)
 
 
 def test_busy_worker_batches_what_arrives_meanwhile(tmp_path: Path) -> None:
-    """While a batch awaits its acks, the next one is computed from what has arrived and later arrivals
-    queue behind it: batches grow with load, and nothing is sent before the batch ahead is committed."""
-    w, broker, _, _ = make(tmp_path, max_batch_delay_ms=10_000, max_batch_size=1000)
+    """While the sent-but-uncommitted records fill the duplicate bound, the next batch is computed from what
+    has arrived and later arrivals queue behind it: batches grow with load, and nothing more is sent before
+    the records ahead are committed."""
+    w, broker, _, _ = make(tmp_path, max_batch_delay_ms=10_000, max_batch_size=4)
     broker.hold_sends = True
     w.step()  # joins (partitions assigned)
     feed(broker, 3)
     w.step()
     assert w.checkpoint.in_flight == 1 and w.prepared is None
-    feed(broker, 4, start=3)
+    feed(broker, 3, start=3)
     w.step()
-    assert w.prepared is not None and len(w.prepared.records) == 4  # computed, not sent
-    feed(broker, 6, start=7)
+    assert w.prepared is not None and len(w.prepared.records) == 3  # computed, not sent: 3 + 3 > 4
+    feed(broker, 4, start=6)
     spin(w, 0.05)
-    assert w.batcher.buffered == 6 and w.checkpoint.in_flight == 1
+    assert w.batcher.buffered == 4 and w.checkpoint.in_flight == 1 and w.checkpoint.records_in_flight == 3
     broker.hold_sends = False
     broker.release()
     spin(w, 0.1)
-    assert sorted(output_ids(broker), key=int) == [str(i) for i in range(13)]
-    assert committed_total(broker) == 13
+    assert sorted(output_ids(broker), key=int) == [str(i) for i in range(10)]
+    assert committed_total(broker) == 10
     sizes = [json.loads(v)["counts"]["total"] for v in broker.values("zeroproof.stats")]
-    assert sizes == [3, 4, 6]
+    assert sizes == [3, 3, 4]
+
+
+def test_small_batches_pipeline_within_the_record_bound(tmp_path: Path) -> None:
+    """Issue 15: the duplicate bound counts records, not batches. At low rate, batches of one record each go
+    out while earlier ones await their acknowledgements, instead of queueing behind each other's commits."""
+    w, broker, _, _ = make(tmp_path, max_batch_delay_ms=10_000, max_batch_size=1000, max_in_flight_records=1000)
+    broker.hold_sends = True
+    w.step()  # joins (partitions assigned)
+    for i in range(5):
+        feed(broker, 1, start=i)
+        w.step()
+    assert w.checkpoint.in_flight == 5 and w.checkpoint.records_in_flight == 5 and w.prepared is None
+    sent = {json.loads(h.payload[2])["id"] for h in broker.pending if h.payload[0] == "zeroproof.outputs"}
+    assert sent == {str(i) for i in range(5)}
+    assert committed_total(broker) == 0  # nothing acknowledged, nothing committed
+    broker.hold_sends = False
+    broker.release()
+    spin(w, 0.1)
+    assert committed_total(broker) == 5 and w.checkpoint.records_in_flight == 0
+
+
+@pytest.mark.parametrize("bound", [8, 13])
+def test_records_sent_but_uncommitted_never_exceed_the_bound(tmp_path: Path, bound: int) -> None:
+    """Whatever the arrivals and acknowledgements do, the records a crash would deliver again (sent, offsets
+    not committed) stay within ``max_in_flight_records``; everything is answered and committed in the end."""
+    import random
+
+    rng = random.Random(bound)
+    w, broker, _, _ = make(tmp_path, max_batch_size=8, max_batch_delay_ms=1, max_in_flight_records=bound)
+    w.step()
+    fed, peak = 0, 0
+    for _ in range(400):
+        if rng.random() < 0.3:
+            n = rng.randint(1, 6)
+            feed(broker, n, start=fed)
+            fed += n
+        broker.hold_sends = rng.random() < 0.7
+        if not broker.hold_sends and rng.random() < 0.5:
+            broker.release()
+        w.step()
+        at_risk = w.checkpoint.records_in_flight
+        assert at_risk <= bound
+        assert at_risk == sum(1 for _ in _sent_uncommitted(broker, w))
+        peak = max(peak, at_risk)
+    # the bound was reached, and where it allows more than one batch, across batch boundaries
+    assert peak > 8 if bound > 8 else peak == 8
+    broker.hold_sends = False
+    broker.release()
+    spin(w, 0.3)
+    assert sorted(set(output_ids(broker)), key=int) == [str(i) for i in range(fed)]
+    assert committed_total(broker) == fed
+
+
+def _sent_uncommitted(broker: InMemoryBroker, w: Worker) -> list[str]:
+    """Ids whose output was handed to the producer (acknowledged or not) but whose offset is not committed."""
+    committed = {tp.partition: off for (g, tp), off in broker.committed.items() if tp.topic == "in"}
+    sent = [json.loads(v)["id"] for v in broker.values("zeroproof.outputs")]
+    sent += [json.loads(h.payload[2])["id"] for h in broker.pending if h.payload[0] == "zeroproof.outputs"]
+    at = {json.loads(r.value or b"{}")["id"]: r for part in broker.topic("in") for r in part}
+    return [i for i in sent if at[i].offset >= committed.get(at[i].partition, 0)]
 
 
 def test_reload_between_batches(tmp_path: Path) -> None:
@@ -290,7 +351,7 @@ def test_a_prepared_batch_goes_out_before_the_next_poll_waits(tmp_path: Path) ->
     """Issue 15: a batch computed while its predecessor awaited its acks then waited out the next poll's idle
     timeout (100 ms) once the predecessor was committed. It must be sent first, and the poll then only waits
     for acknowledgements (a few ms)."""
-    w, broker, consumer, _ = make(tmp_path, max_batch_size=1000, max_batch_delay_ms=10_000)
+    w, broker, consumer, _ = make(tmp_path, max_batch_size=1, max_batch_delay_ms=10_000)
     broker.hold_sends = True
     w.step()  # joins
     feed(broker, 1)
