@@ -125,6 +125,13 @@ class WorkerSettings(TopicSettings, KafkaConnectionSettings, RedisConnectionSett
         default=300_000, ge=1000, description="longest gap between polls before the group evicts the worker"
     )
     fetch_max_wait_ms: Milliseconds = Field(default=5, ge=0, description="how long the broker may hold a fetch")
+    idle_fetch_max_wait_ms: Milliseconds = Field(
+        default=500,
+        ge=0,
+        le=10_000,
+        description="the same once no record came for 1 s (an idle worker's fetch rate; a broker answers a held "
+        "fetch as soon as a record arrives)",
+    )
     producer_linger_ms: Milliseconds = Field(default=0, ge=0, description="producer linger (0: send at once)")
     producer_batch_size: int = Field(default=262_144, ge=1024, description="producer batch size, bytes")
     producer_acks: Literal["all", "1"] = Field(default="all", description="acknowledgements the producer waits for")

@@ -37,6 +37,12 @@ class SleepyClient:
         self.t0 = self.now
         self.records_after_s = records_after_s
         self.timeouts: list[int] = []
+        self._fetcher = type("Fetcher", (), {"config": {"fetch_max_wait_ms": 5}})()
+
+    @property
+    def fetch_wait_ms(self) -> int:
+        """How long the broker may hold the next fetch (kafka-python reads it per fetch request)."""
+        return int(self._fetcher.config["fetch_max_wait_ms"])
 
     def clock(self) -> float:
         return self.now
@@ -66,6 +72,8 @@ def transport_with(client: SleepyClient, stable: bool = True, quiet: bool = Fals
     t._clock = client.clock  # type: ignore[method-assign]
     t._guard = UndecodableGuard(client, structlog.get_logger("test"))
     t._last_records_at = 0.0 if quiet else client.now
+    t._fetch_wait_ms = {False: 5, True: 500}
+    t._quiet = False
     t._membership = _MembershipTracker(_Listener())
     if stable:
         t._membership.on_assigned([])
@@ -113,17 +121,26 @@ def test_a_quiet_consumer_polls_unsliced_until_records_flow_again() -> None:
     t = transport_with(client, quiet=True)
     assert t.poll(0.03, 10) == []
     assert len(client.timeouts) == 1 and client.timeouts[0] >= 25
+    assert client.fetch_wait_ms == 500  # quiet: the broker holds fetches long (it answers when a record comes)
     client.records_after_s = 0.0  # records arrive: the next poll returns them, and polls are sliced again
     assert [r.offset for r in t.poll(0.03, 10)] == [0, 1]
     client.records_after_s = None
     client.timeouts.clear()
     t.poll(0.03, 10)
     assert len(client.timeouts) > 1 and max(client.timeouts) <= _POLL_SLICE_MS
+    assert client.fetch_wait_ms == 5  # flowing: short fetches again
     # and quiet again once no record has come for _QUIET_AFTER_S
     client.now += _QUIET_AFTER_S + 0.01
     client.timeouts.clear()
     t.poll(0.03, 10)
-    assert client.timeouts == [30]
+    assert client.timeouts == [30] and client.fetch_wait_ms == 500
+
+
+def test_fetches_stay_short_while_the_group_is_joining() -> None:
+    client = SleepyClient(records_after_s=None)
+    t = transport_with(client, stable=False, quiet=True)
+    t.poll(0.03, 10)
+    assert client.fetch_wait_ms == 5
 
 
 class _Meta:

@@ -152,6 +152,8 @@ class KafkaConsumerTransport:
         self._last_records_at = 0.0  # monotonic time of the last poll that returned records
         self._topic: str | None = None  # set by subscribe
         self._next_metadata_nudge = 0.0
+        self._fetch_wait_ms = {False: settings.fetch_max_wait_ms, True: settings.idle_fetch_max_wait_ms}
+        self._quiet = False
         self._consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_list,
             group_id=settings.group_id,
@@ -214,6 +216,7 @@ class KafkaConsumerTransport:
         if not stable:
             self._nudge_topic_metadata(now)
         sliced = stable and now - self._last_records_at < _QUIET_AFTER_S
+        self._set_quiet(stable and not sliced)
         if not sliced:
             batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         else:
@@ -224,6 +227,20 @@ class KafkaConsumerTransport:
                 if batches or remaining_ms <= _POLL_SLICE_MS:
                     break
         return batches  # type: ignore[no-any-return]
+
+    def _set_quiet(self, quiet: bool) -> None:
+        """A quiet consumer lets the broker hold its fetches for ``idle_fetch_max_wait_ms`` instead of
+        ``fetch_max_wait_ms``: a fetch answered empty every 5 ms kept an idle worker at ~11 % of a core, and a
+        broker answers a held fetch as soon as a record arrives (measured on tansu: the first record after a
+        quiet spell came 5.2 ms after it was sent with 5 ms fetches, 6.5 ms with 500 ms ones). The next fetch after
+        records arrive uses the short wait again."""
+        if quiet == self._quiet:
+            return
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        config = getattr(fetcher, "config", None)
+        if isinstance(config, dict) and "fetch_max_wait_ms" in config:
+            config["fetch_max_wait_ms"] = self._fetch_wait_ms[quiet]
+        self._quiet = quiet
 
     def _nudge_topic_metadata(self, now: float) -> None:
         """While joining, make sure the client has the subscribed topic's partitions before the group leader
