@@ -56,7 +56,9 @@ class WorkerMetrics:
         self.errors = Counter(p + "errors", "Errors talking to Redis/Kafka", ["component"], registry=r)
         self.in_flight = Gauge(p + "in_flight_batches", "Batches sent but not yet committed", registry=r)
         self.in_flight_records = Gauge(
-            p + "in_flight_records", "Input records sent but not yet committed (at most the duplicate bound)", registry=r
+            p + "in_flight_records",
+            "Input records sent but not yet committed (at most the duplicate bound)",
+            registry=r,
         )
         self.paused = Gauge(p + "paused", "1 while input partitions are paused (backpressure)", registry=r)
         self.model_info = Gauge(

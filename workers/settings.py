@@ -270,8 +270,7 @@ class WorkerSettings(TopicSettings, KafkaConnectionSettings, RedisConnectionSett
         if "ZEROPROOF_MAX_IN_FLIGHT_BATCHES" in os.environ:
             raise NamedSettingError(
                 "max_in_flight_batches",
-                "was replaced by ZEROPROOF_MAX_IN_FLIGHT_RECORDS (the duplicate bound is counted in records); "
-                "unset it",
+                "was replaced by ZEROPROOF_MAX_IN_FLIGHT_RECORDS (the duplicate bound is counted in records); unset it",
             )
         if self.drain_timeout_s * 1000 >= self.max_poll_interval_ms:
             raise ValueError("drain_timeout_s must stay below max_poll_interval_ms")
