@@ -385,7 +385,15 @@ def bench_broker_floor(bootstrap: str, rate: float, seconds: float, partitions: 
 def worker_stage_means(metrics_text: str) -> dict[str, float]:
     """Mean per batch of the worker's own stage histograms (ms) and its mean batch size, from /metrics."""
     out: dict[str, float] = {}
-    stages = ("queue_seconds", "process_seconds", "compute_seconds", "commit_seconds", "e2e_latency_seconds")
+    stages = (
+        "fetch_lag_seconds",
+        "queue_seconds",
+        "process_seconds",
+        "compute_seconds",
+        "ack_seconds",
+        "commit_seconds",
+        "e2e_latency_seconds",
+    )
     for name in (*stages, "batch_size"):
         total = re.search(rf"^zeroproof_worker_{name}_sum ([0-9.e+-]+)$", metrics_text, re.M)
         count = re.search(rf"^zeroproof_worker_{name}_count ([0-9.e+-]+)$", metrics_text, re.M)

@@ -276,7 +276,7 @@ class Checkpoint:
             kinds: dict[str, int] = {}
             for s in b.sends:
                 kinds[s.kind] = kinds.get(s.kind, 0) + 1
-            self.metrics.batch_durable(kinds, b.input_timestamps_ms)
+            self.metrics.batch_durable(kinds, b.input_timestamps_ms, now - b.created)
         if done:
             self._gauges()
         if commit:

@@ -48,6 +48,19 @@ class WorkerMetrics:
             p + "e2e_latency_seconds", "Input timestamp to output acknowledged", buckets=_LAT, registry=r
         )
         self.commit_latency = Histogram(p + "commit_seconds", "Offset commit latency", buckets=_LAT, registry=r)
+        # the stage trace (docs/benchmarks.md): input timestamp → fetched → queued → processed → acknowledged
+        self.fetch_lag = Histogram(
+            p + "fetch_lag_seconds",
+            "Producer timestamp of a batch's first input to the poll that returned it",
+            buckets=_LAT,
+            registry=r,
+        )
+        self.ack_time = Histogram(
+            p + "ack_seconds",
+            "Batch sent to every send acknowledged and its review records confirmed (seen by the loop)",
+            buckets=_LAT,
+            registry=r,
+        )
         self.last_progress = Gauge(
             p + "last_progress_timestamp_seconds",
             "Last time a batch became durable or the loop was idle-healthy",
@@ -115,7 +128,8 @@ class WorkerMetrics:
         for controller, n in out.fallback_by.items():
             self.fallback.labels(mv, controller).inc(n)
 
-    def batch_durable(self, sent_by_kind: dict[str, int], input_timestamps_ms: Sequence[int]) -> None:
+    def batch_durable(self, sent_by_kind: dict[str, int], input_timestamps_ms: Sequence[int], ack_s: float) -> None:
+        self.ack_time.observe(ack_s)
         for kind, n in sent_by_kind.items():
             self.messages_out.labels(kind).inc(n)
         now_ms = time.time() * 1000.0

@@ -181,6 +181,9 @@ class Worker:
         """Process a batch (CPU only, nothing sent): runs while earlier batches await their acks and commit, so
         compute overlaps I/O even when the duplicate bound leaves no room to send it yet."""
         t_start = time.monotonic()
+        first_ts_ms = batch.records[0].timestamp_ms
+        if first_ts_ms > 0:
+            self.metrics.fetch_lag.observe(max(0.0, batch.first_wall - first_ts_ms / 1000.0))
         out = process_batch(batch.records, self.runtime, self.routing, self.pcfg)
         self.batches += 1
         stats = stats_record(

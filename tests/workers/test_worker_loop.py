@@ -372,3 +372,16 @@ def test_a_prepared_batch_goes_out_before_the_next_poll_waits(tmp_path: Path) ->
     w.step()
     assert w.prepared is None
     assert timeouts == [(0.002, 1)]  # batch 2 in flight before the poll, which waits only for its acks
+
+
+def test_every_batch_leaves_its_stage_trace(tmp_path: Path) -> None:
+    """The histograms that explain the latency (docs/benchmarks.md): one observation per batch and stage."""
+    w, broker, _, _ = make(tmp_path)
+    feed(broker, 20)
+    spin(w)
+    registry = w.metrics.registry
+    batches = registry.get_sample_value("zeroproof_worker_batch_size_count")
+    assert batches and batches >= 3
+    for stage in ("fetch_lag", "queue", "process", "ack"):
+        assert registry.get_sample_value(f"zeroproof_worker_{stage}_seconds_count") == batches, stage
+    assert registry.get_sample_value("zeroproof_worker_in_flight_records") == 0
