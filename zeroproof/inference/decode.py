@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -17,6 +18,10 @@ Backend = Literal["auto", "eager", "fused"]
 
 #: Below this many elements the eager path's fixed cost is small enough that dispatch isn't worth it.
 FUSED_MIN_ELEMENTS = 4096
+#: The allocation-free eager path (:func:`decode_eager_into`) works through long CPU inputs this many elements at
+#: a time, so its two float temporaries stay small (cache-resident, a few MB whatever the batch) and every pass
+#: over them hits cache; the inputs and outputs are each read or written once per block. On CUDA: one block.
+EAGER_BLOCK_ELEMENTS = 1 << 18
 
 
 class StrictResult(NamedTuple):
@@ -51,6 +56,105 @@ def decode_eager(N: Tensor, D: Tensor, tau_infer: float, tau_train: float) -> tu
     return decoded, torch.logical_not(ok), gap
 
 
+def decode_eager_into(
+    N: Tensor,
+    D: Tensor,
+    tau_infer: float,
+    tau_train: float,
+    decoded: Tensor,
+    bottom: Tensor,
+    gap: Tensor,
+    w: Tensor,
+    z: Tensor,
+) -> None:
+    """The eager decode written into caller-owned tensors: allocates nothing (TorchScript-scriptable).
+
+    ``decoded``/``bottom``/``gap``: contiguous, N's shape, N's dtype/bool/bool (checked by :func:`check_out`).
+    ``w``, ``z``: 1-D float scratch of N's dtype, equal lengths >= 1; the inputs are processed in blocks of that
+    many elements (:data:`EAGER_BLOCK_ELEMENTS` on CPU). Same thresholds as :func:`decode_eager`, bit-identical
+    results.
+
+    Per block, ``w = |D| + (q - q)`` is ``|D|`` where ``q = N/D`` is finite, NaN where it is not, and ``inf`` for an
+    infinite D with finite N. ``z = sqrt(w - tau_infer)`` is NaN exactly where ``w < tau_infer`` or ``w`` is NaN
+    (``w - tau_infer`` has the exact sign of the comparison: IEEE subtraction is 0 only for equal operands), and
+    ``inf`` for an infinite ``w``; so ``z - z`` is +0 where the element decodes and NaN exactly at ⊥. The masks then
+    come from float ops, which are vectorized, rather than from bool-producing comparisons (about four float ops
+    each on CPU): ``bottom = bool(z)`` (NaN is truthy), ``decoded = q - z`` (``x - (+0)`` is ``x``, the sign of
+    zero included), ``gap = (w + z) < tau_train`` (NaN at ⊥ fails the comparison).
+    """
+    n = N.reshape(-1)
+    d = D.reshape(-1)
+    dec = decoded.view(-1)
+    bot = bottom.view(-1)
+    gp = gap.view(-1)
+    size = n.numel()
+    block = w.numel()
+    start = 0
+    while start < size:
+        stop = min(size, start + block)
+        m = stop - start
+        nb = n[start:stop]
+        db = d[start:stop]
+        qb = dec[start:stop]
+        wb = w[:m]
+        zb = z[:m]
+        torch.div(nb, db, out=qb)
+        torch.sub(qb, qb, out=wb)
+        torch.abs(db, out=zb)
+        wb.add_(zb)
+        torch.sub(wb, tau_infer, out=zb)
+        zb.sqrt_()
+        zb.sub_(zb)
+        bot[start:stop].copy_(zb)
+        qb.sub_(zb)
+        wb.add_(zb)
+        torch.lt(wb, tau_train, out=gp[start:stop])
+        start = stop
+
+
+Out = tuple[Tensor, Tensor, Tensor]
+_OUT_NAMES = ("decoded", "bottom_mask", "gap_mask")
+
+
+def check_out(out: Sequence[Tensor], N: Tensor, D: Tensor) -> Out:
+    """Validate ``out=(decoded, bottom_mask, gap_mask)`` for decoding ``N``/``D`` (already promoted); clear errors.
+
+    Each must be a contiguous tensor of N's shape on N's device, ``decoded`` of N's dtype and the masks bool, none
+    overlapping N, D or another output (the decode reads N and D after writing ``decoded``).
+    """
+    if isinstance(out, Tensor) or len(out) != 3:
+        raise TypeError("out must be a (decoded, bottom_mask, gap_mask) tuple of three tensors")
+    want = (N.dtype, torch.bool, torch.bool)
+    for i, (t, name, dtype) in enumerate(zip(out, _OUT_NAMES, want, strict=True)):
+        where = f"out[{i}] ({name})"
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{where} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != dtype:
+            raise TypeError(f"{where} must have dtype {dtype} (N/D decode as {N.dtype}), got {t.dtype}")
+        if t.shape != N.shape:
+            raise ValueError(f"{where} must have shape {tuple(N.shape)} like N and D, got {tuple(t.shape)}")
+        if t.device != N.device:
+            raise ValueError(f"{where} must be on {N.device} like N and D, got {t.device}")
+        if not t.is_contiguous():
+            raise ValueError(f"{where} must be contiguous")
+        if t.requires_grad:
+            raise ValueError(f"{where} must not require grad (a decode into buffers is not differentiable)")
+    others = [("N", N), ("D", D), *zip(_OUT_NAMES, out, strict=True)]
+    for i, t in enumerate(out):
+        for other_name, other in others[: 2 + i]:
+            if _overlap(t, other):
+                raise ValueError(f"out[{i}] ({_OUT_NAMES[i]}) overlaps {other_name}: outputs need their own memory")
+    return out[0], out[1], out[2]
+
+
+def _overlap(a: Tensor, b: Tensor) -> bool:
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+        return False
+    sa, sb = a.untyped_storage(), b.untyped_storage()
+    a0, b0 = sa.data_ptr(), sb.data_ptr()
+    return a0 < b0 + sb.nbytes() and b0 < a0 + sa.nbytes()
+
+
 def _as_float_pair(N: Tensor, D: Tensor) -> tuple[Tensor, Tensor]:
     if not isinstance(N, Tensor):
         N = torch.as_tensor(N)
@@ -71,24 +175,162 @@ def _as_float_pair(N: Tensor, D: Tensor) -> tuple[Tensor, Tensor]:
     return N, D
 
 
+def _use_fused(N: Tensor, D: Tensor, backend: Backend) -> bool:
+    if backend == "eager":
+        return False
+    from zeroproof.inference import fused
+
+    return backend == "fused" or (N.numel() >= FUSED_MIN_ELEMENTS and fused.supports(N, D))
+
+
+def _block_elements(N: Tensor, block_elements: int) -> int:
+    """Scratch length for :func:`decode_eager_into`: one block on CPU, the whole input elsewhere."""
+    size = N.numel()
+    return max(1, size if N.device.type != "cpu" else min(size, block_elements))
+
+
+def _decode_into(
+    N: Tensor, D: Tensor, ti: float, tt: float, out: Out, backend: Backend, scratch: tuple[Tensor, Tensor] | None
+) -> None:
+    """Decode into checked ``out``; ``scratch=(w, z)``: the eager path's temporaries, allocated here if None."""
+    if _use_fused(N, D, backend):
+        from zeroproof.inference import fused
+
+        fused.decode_fused(N, D, ti, tt, out=out)
+        return
+    if N.requires_grad or D.requires_grad:
+        N, D = N.detach(), D.detach()
+    if scratch is None:
+        length = _block_elements(N, EAGER_BLOCK_ELEMENTS)
+        w = torch.empty(length, dtype=N.dtype, device=N.device)
+        z = torch.empty(length, dtype=N.dtype, device=N.device)
+    else:
+        w, z = scratch
+    decode_eager_into(N, D, ti, tt, out[0], out[1], out[2], w, z)
+
+
 def strict_inference(
     N: Tensor,
     D: Tensor,
     config: InferenceConfig | None = None,
     *,
     backend: Backend = "auto",
+    out: Sequence[Tensor] | None = None,
 ) -> StrictResult:
     """Decode ⟨N, D⟩ strictly; returns ``(decoded, bottom_mask, gap_mask)``.
 
     ``backend="auto"`` uses the fused single-pass kernel (numba on CPU, Triton on CUDA) for large float32/64
     tensors when it is installed, else the eager path; all backends give bit-identical masks and values.
+
+    ``out=(decoded, bottom_mask, gap_mask)``: write into these tensors (contiguous, N's shape and device; N's float
+    dtype, bool, bool) and return them, instead of allocating the outputs; the eager path then uses in-place ops on
+    two block-sized temporaries (see :func:`decode_eager_into`). Same masks and values, bit for bit. Not
+    differentiable. For repeated decodes, :class:`StrictDecoder` also keeps those temporaries between calls.
     """
     cfg = config if config is not None else InferenceConfig()
     N, D = _as_float_pair(N, D)
     tau_infer, tau_train = cfg.thresholds_for(D.dtype)
-    if backend != "eager":
+    if out is not None:
+        checked = check_out(out, N, D)
+        _decode_into(N, D, tau_infer, tau_train, checked, backend, None)
+        return StrictResult(*checked)
+    if _use_fused(N, D, backend):
         from zeroproof.inference import fused
 
-        if backend == "fused" or (N.numel() >= FUSED_MIN_ELEMENTS and fused.supports(N, D)):
-            return StrictResult(*fused.decode_fused(N, D, tau_infer, tau_train))
+        return StrictResult(*fused.decode_fused(N, D, tau_infer, tau_train))
     return StrictResult(*decode_eager(N, D, tau_infer, tau_train))
+
+
+class _Buffers(NamedTuple):
+    decoded: Tensor
+    bottom: Tensor
+    gap: Tensor
+    w: Tensor | None
+    z: Tensor | None
+
+
+class StrictDecoder:
+    """A reusable strict decode that allocates nothing once warm: it owns its output and scratch tensors.
+
+    ``decoder(N, D)`` returns the same :class:`StrictResult` as :func:`strict_inference` (bit for bit), but the
+    three tensors are views of buffers the decoder keeps, sized for the largest input seen so far (per dtype and
+    device; they grow, never shrink, until :meth:`clear`). **They are overwritten by the next call**: copy
+    (``.clone()``) what must outlive it. One decoder per thread; decoders are cheap.
+
+        decoder = StrictDecoder(InferenceConfig(tau_infer=1e-6, tau_train=1e-4))
+        for x in batches:
+            decoded, bottom_mask, gap_mask = decoder(*model(x))
+    """
+
+    def __init__(
+        self,
+        config: InferenceConfig | None = None,
+        *,
+        backend: Backend = "auto",
+        block_elements: int = EAGER_BLOCK_ELEMENTS,
+    ) -> None:
+        if block_elements < 1:
+            raise ValueError(f"block_elements must be >= 1, got {block_elements}")
+        self.config = config if config is not None else InferenceConfig()
+        self.backend: Backend = backend
+        self.block_elements = block_elements
+        self._buffers: dict[tuple[torch.dtype, torch.device], _Buffers] = {}
+
+    def __call__(self, N: Tensor, D: Tensor) -> StrictResult:
+        return self.decode(N, D)
+
+    def decode(self, N: Tensor, D: Tensor) -> StrictResult:
+        """Decode ⟨N, D⟩ into this decoder's buffers (valid until the next call); see :class:`StrictDecoder`."""
+        N, D = _as_float_pair(N, D)
+        tau_infer, tau_train = self.config.thresholds_for(D.dtype)
+        size = N.numel()
+        eager = not _use_fused(N, D, self.backend)
+        bufs = self._reserve(N, eager)
+        out = (bufs.decoded[:size].view(N.shape), bufs.bottom[:size].view(N.shape), bufs.gap[:size].view(N.shape))
+        checked = check_out(out, N, D)  # cheap; also rejects an N/D that overlaps our buffers
+        scratch = (bufs.w, bufs.z) if bufs.w is not None and bufs.z is not None else None
+        _decode_into(N, D, tau_infer, tau_train, checked, self.backend, scratch)
+        return StrictResult(*checked)
+
+    def _reserve(self, N: Tensor, eager: bool) -> _Buffers:
+        key = (N.dtype, N.device)
+        size = N.numel()
+        bufs = self._buffers.get(key)
+        if bufs is None or bufs.decoded.numel() < size:
+            # Grow to exactly the new largest size; drop the old outputs first so both never coexist.
+            w, z = (None, None) if bufs is None else (bufs.w, bufs.z)
+            bufs = None
+            self._buffers.pop(key, None)
+            bufs = _Buffers(
+                torch.empty(size, dtype=N.dtype, device=N.device),
+                torch.empty(size, dtype=torch.bool, device=N.device),
+                torch.empty(size, dtype=torch.bool, device=N.device),
+                w,
+                z,
+            )
+        if eager:
+            block = _block_elements(N, self.block_elements)
+            if bufs.w is None or bufs.w.numel() < block:
+                bufs = bufs._replace(w=None, z=None)
+                bufs = bufs._replace(
+                    w=torch.empty(block, dtype=N.dtype, device=N.device),
+                    z=torch.empty(block, dtype=N.dtype, device=N.device),
+                )
+        self._buffers[key] = bufs
+        return bufs
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in output and scratch buffers."""
+        return sum(t.numel() * t.element_size() for b in self._buffers.values() for t in b if t is not None)
+
+    def clear(self) -> None:
+        """Drop every buffer (results still referenced elsewhere stay valid); the next call allocates afresh."""
+        self._buffers.clear()
+
+    def __repr__(self) -> str:
+        cfg = self.config
+        return (
+            f"StrictDecoder(tau_infer={cfg.tau_infer}, tau_train={cfg.tau_train}, backend={self.backend!r}, "
+            f"nbytes={self.nbytes})"
+        )
