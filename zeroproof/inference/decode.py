@@ -43,17 +43,22 @@ def decode_eager(N: Tensor, D: Tensor, tau_infer: float, tau_train: float) -> tu
     overflow), ``|D| - |D|`` is NaN for an infinite or NaN ``D``; adding them to ``|D|`` (exact: ``x + 0 == x``)
     leaves ``|D|`` where everything is finite and NaN elsewhere. NaN fails every comparison, so ``w >= tau_infer``
     is the complete "not ⊥" test and ``w < tau_train`` the gap test.
+
+    Temporaries are reused in place (``|D| - |D|`` overwrites ``|D|``, the ⊥ mask overwrites the "ok" mask, NaN is
+    filled into ``q``), so a call allocates 14 bytes per float32 element (the 6 of the outputs, and ``|D|`` and
+    ``w``) instead of 28; autograd and the ONNX export handle these in-place ops. For no allocation at all, use
+    :func:`decode_eager_into` (or ``strict_inference(..., out=...)`` / :class:`StrictDecoder`).
     """
     abs_d = torch.abs(D)
     q = torch.div(N, D)
     w = torch.sub(q, q)
     w.add_(abs_d)
-    w.add_(torch.sub(abs_d, abs_d))
+    w.add_(abs_d.sub_(abs_d))
     ok = torch.ge(w, tau_infer)
     gap = torch.lt(w, tau_train)
     gap.logical_and_(ok)
-    decoded = torch.where(ok, q, torch.full([], float("nan"), dtype=q.dtype, device=q.device))
-    return decoded, torch.logical_not(ok), gap
+    bottom = ok.logical_not_()
+    return q.masked_fill_(bottom, float("nan")), bottom, gap
 
 
 def decode_eager_into(
