@@ -87,34 +87,46 @@ def decode_eager_into(
     each on CPU): ``bottom = bool(z)`` (NaN is truthy), ``decoded = q - z`` (``x - (+0)`` is ``x``, the sign of
     zero included), ``gap = (w + z) < tau_train`` (NaN at ⊥ fails the comparison).
     """
-    n = N.reshape(-1)
-    d = D.reshape(-1)
-    dec = decoded.view(-1)
-    bot = bottom.view(-1)
-    gp = gap.view(-1)
+    # Thresholds as 0-dim CPU tensors of the inputs' dtype (exact: thresholds_for rounded them to it); ops take
+    # them like Python scalars, on any device, without wrapping a scalar on every call.
+    ti = torch.full([], tau_infer, dtype=N.dtype)
+    tt = torch.full([], tau_train, dtype=N.dtype)
+    _decode_flat(N.reshape(-1), D.reshape(-1), ti, tt, decoded.view(-1), bottom.view(-1), gap.view(-1), w, z)
+
+
+def _decode_flat(
+    n: Tensor, d: Tensor, ti: Tensor, tt: Tensor, dec: Tensor, bot: Tensor, gp: Tensor, w: Tensor, z: Tensor
+) -> None:
+    """:func:`decode_eager_into` on flat tensors, thresholds as 0-dim tensors."""
     size = n.numel()
     block = w.numel()
+    if size <= block:  # one block: no slicing of the inputs and outputs
+        _decode_block(n, d, ti, tt, dec, bot, gp, w if block == size else w[:size], z if block == size else z[:size])
+        return
     start = 0
     while start < size:
         stop = min(size, start + block)
         m = stop - start
-        nb = n[start:stop]
-        db = d[start:stop]
-        qb = dec[start:stop]
-        wb = w[:m]
-        zb = z[:m]
-        torch.div(nb, db, out=qb)
-        torch.sub(qb, qb, out=wb)
-        torch.abs(db, out=zb)
-        wb.add_(zb)
-        torch.sub(wb, tau_infer, out=zb)
-        zb.sqrt_()
-        zb.sub_(zb)
-        bot[start:stop].copy_(zb)
-        qb.sub_(zb)
-        wb.add_(zb)
-        torch.lt(wb, tau_train, out=gp[start:stop])
+        wb = w if m == block else w[:m]
+        zb = z if m == block else z[:m]
+        _decode_block(n[start:stop], d[start:stop], ti, tt, dec[start:stop], bot[start:stop], gp[start:stop], wb, zb)
         start = stop
+
+
+def _decode_block(
+    n: Tensor, d: Tensor, ti: Tensor, tt: Tensor, q: Tensor, bot: Tensor, gp: Tensor, w: Tensor, z: Tensor
+) -> None:
+    torch.div(n, d, out=q)
+    torch.sub(q, q, out=w)
+    torch.abs(d, out=z)
+    w.add_(z)  # |D|, NaN where q is not finite, inf where D is infinite
+    torch.sub(w, ti, out=z)
+    z.sqrt_()
+    z.sub_(z)  # +0 where the element decodes, NaN at ⊥
+    bot.copy_(z)
+    q.sub_(z)
+    w.add_(z)
+    torch.lt(w, tt, out=gp)
 
 
 Out = tuple[Tensor, Tensor, Tensor]
@@ -129,35 +141,54 @@ def check_out(out: Sequence[Tensor], N: Tensor, D: Tensor) -> Out:
     """
     if isinstance(out, Tensor) or len(out) != 3:
         raise TypeError("out must be a (decoded, bottom_mask, gap_mask) tuple of three tensors")
-    want = (N.dtype, torch.bool, torch.bool)
-    for i, (t, name, dtype) in enumerate(zip(out, _OUT_NAMES, want, strict=True)):
-        where = f"out[{i}] ({name})"
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{where} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype != dtype:
-            raise TypeError(f"{where} must have dtype {dtype} (N/D decode as {N.dtype}), got {t.dtype}")
-        if t.shape != N.shape:
-            raise ValueError(f"{where} must have shape {tuple(N.shape)} like N and D, got {tuple(t.shape)}")
-        if t.device != N.device:
-            raise ValueError(f"{where} must be on {N.device} like N and D, got {t.device}")
-        if not t.is_contiguous():
-            raise ValueError(f"{where} must be contiguous")
-        if t.requires_grad:
-            raise ValueError(f"{where} must not require grad (a decode into buffers is not differentiable)")
-    others = [("N", N), ("D", D), *zip(_OUT_NAMES, out, strict=True)]
+    decoded, bottom, gap = out
+    shape, device = N.shape, N.device
     for i, t in enumerate(out):
-        for other_name, other in others[: 2 + i]:
-            if _overlap(t, other):
-                raise ValueError(f"out[{i}] ({_OUT_NAMES[i]}) overlaps {other_name}: outputs need their own memory")
-    return out[0], out[1], out[2]
+        if not (
+            isinstance(t, Tensor)
+            and t.dtype == (N.dtype if i == 0 else torch.bool)
+            and t.shape == shape
+            and t.device == device
+            and t.is_contiguous()
+            and not t.requires_grad
+        ):
+            _raise_bad_out(i, t, N)
+    spans = [_span(N), _span(D)]
+    names = ["N", "D"]
+    for i, t in enumerate(out):
+        mine = _span(t)
+        for other, name in zip(spans, names, strict=True):
+            if mine[0] < other[1] and other[0] < mine[1]:
+                raise ValueError(f"out[{i}] ({_OUT_NAMES[i]}) overlaps {name}: outputs need their own memory")
+        spans.append(mine)
+        names.append(_OUT_NAMES[i])
+    return decoded, bottom, gap
 
 
-def _overlap(a: Tensor, b: Tensor) -> bool:
-    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
-        return False
-    sa, sb = a.untyped_storage(), b.untyped_storage()
-    a0, b0 = sa.data_ptr(), sb.data_ptr()
-    return a0 < b0 + sb.nbytes() and b0 < a0 + sa.nbytes()
+def _raise_bad_out(i: int, t: object, N: Tensor) -> None:
+    where = f"out[{i}] ({_OUT_NAMES[i]})"
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{where} must be a torch.Tensor, got {type(t).__name__}")
+    dtype = N.dtype if i == 0 else torch.bool
+    if t.dtype != dtype:
+        raise TypeError(f"{where} must have dtype {dtype} (N/D decode as {N.dtype}), got {t.dtype}")
+    if t.shape != N.shape:
+        raise ValueError(f"{where} must have shape {tuple(N.shape)} like N and D, got {tuple(t.shape)}")
+    if t.device != N.device:
+        raise ValueError(f"{where} must be on {N.device} like N and D, got {t.device}")
+    if not t.is_contiguous():
+        raise ValueError(f"{where} must be contiguous")
+    raise ValueError(f"{where} must not require grad (a decode into buffers is not differentiable)")
+
+
+def _span(t: Tensor) -> tuple[int, int]:
+    """The byte range of ``t``'s storage (empty for an empty tensor); ranges on different devices never meet
+    in practice, and a false alarm would only refuse a call, never corrupt one."""
+    if t.numel() == 0:
+        return (0, 0)
+    storage = t.untyped_storage()
+    start = storage.data_ptr()
+    return (start, start + storage.nbytes())
 
 
 def _as_float_pair(N: Tensor, D: Tensor) -> tuple[Tensor, Tensor]:
@@ -194,24 +225,26 @@ def _block_elements(N: Tensor, block_elements: int) -> int:
     return max(1, size if N.device.type != "cpu" else min(size, block_elements))
 
 
-def _decode_into(
-    N: Tensor, D: Tensor, ti: float, tt: float, out: Out, backend: Backend, scratch: tuple[Tensor, Tensor] | None
-) -> None:
-    """Decode into checked ``out``; ``scratch=(w, z)``: the eager path's temporaries, allocated here if None."""
+def _decode_into(N: Tensor, D: Tensor, thresholds: tuple[float, float], out: Out, backend: Backend) -> None:
+    """Decode into checked ``out``: the fused kernel, or the eager path with freshly made block-sized scratch."""
     if _use_fused(N, D, backend):
         from zeroproof.inference import fused
 
-        fused.decode_fused(N, D, ti, tt, out=out)
+        fused.decode_fused(N, D, thresholds[0], thresholds[1], out=out)
         return
-    if N.requires_grad or D.requires_grad:
-        N, D = N.detach(), D.detach()
-    if scratch is None:
-        length = _block_elements(N, EAGER_BLOCK_ELEMENTS)
-        w = torch.empty(length, dtype=N.dtype, device=N.device)
-        z = torch.empty(length, dtype=N.dtype, device=N.device)
-    else:
-        w, z = scratch
-    decode_eager_into(N, D, ti, tt, out[0], out[1], out[2], w, z)
+    length = _block_elements(N, EAGER_BLOCK_ELEMENTS)
+    w = torch.empty(length, dtype=N.dtype, device=N.device)
+    z = torch.empty(length, dtype=N.dtype, device=N.device)
+    ti = torch.full([], thresholds[0], dtype=N.dtype)
+    tt = torch.full([], thresholds[1], dtype=N.dtype)
+    _decode_flat(_flat(N), _flat(D), ti, tt, out[0].view(-1), out[1].view(-1), out[2].view(-1), w, z)
+
+
+def _flat(t: Tensor) -> Tensor:
+    """1-D and detached (the out= paths are not differentiable)."""
+    if t.requires_grad:
+        t = t.detach()
+    return t if t.dim() == 1 else t.reshape(-1)
 
 
 def strict_inference(
@@ -237,7 +270,7 @@ def strict_inference(
     tau_infer, tau_train = cfg.thresholds_for(D.dtype)
     if out is not None:
         checked = check_out(out, N, D)
-        _decode_into(N, D, tau_infer, tau_train, checked, backend, None)
+        _decode_into(N, D, (tau_infer, tau_train), checked, backend)
         return StrictResult(*checked)
     if _use_fused(N, D, backend):
         from zeroproof.inference import fused
@@ -246,12 +279,46 @@ def strict_inference(
     return StrictResult(*decode_eager(N, D, tau_infer, tau_train))
 
 
-class _Buffers(NamedTuple):
-    decoded: Tensor
-    bottom: Tensor
-    gap: Tensor
-    w: Tensor | None
-    z: Tensor | None
+class _Buffers:
+    """One dtype/device's flat output buffers (``capacity`` elements) and the eager path's scratch."""
+
+    def __init__(self, N: Tensor, capacity: int) -> None:
+        self.decoded = torch.empty(capacity, dtype=N.dtype, device=N.device)
+        self.bottom = torch.empty(capacity, dtype=torch.bool, device=N.device)
+        self.gap = torch.empty(capacity, dtype=torch.bool, device=N.device)
+        self.spans = [_span(self.decoded), _span(self.bottom), _span(self.gap)]
+        self.scratch: tuple[Tensor, Tensor] | None = None
+        self.thresholds: tuple[Tensor, Tensor] | None = None
+        # Views for the last call's shape, reused while it stays the same (making views costs µs per call).
+        self._shape: torch.Size | None = None
+        self._views: Out = (self.decoded, self.bottom, self.gap)
+        self._flat: Out = self._views
+        self._scratch_views: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self.decoded.numel()
+
+    def tensors(self) -> list[Tensor]:
+        return [self.decoded, self.bottom, self.gap, *(self.scratch or ())]
+
+    def set_scratch(self, scratch: tuple[Tensor, Tensor] | None, thresholds: tuple[Tensor, Tensor] | None) -> None:
+        self.scratch, self.thresholds = scratch, thresholds
+        self._shape = None
+
+    def views(self, shape: torch.Size) -> tuple[Out, Out, tuple[Tensor, Tensor] | None]:
+        """``(result views of shape, their flat views, scratch cut to the input when it is shorter)``."""
+        if shape != self._shape:
+            size = shape.numel()
+            flat = [t if size == self.capacity else t[:size] for t in (self.decoded, self.bottom, self.gap)]
+            self._flat = (flat[0], flat[1], flat[2])
+            self._views = (flat[0].view(shape), flat[1].view(shape), flat[2].view(shape))
+            self._scratch_views = None
+            if self.scratch is not None:
+                w, z = self.scratch
+                self._scratch_views = (w, z) if size >= w.numel() else (w[:size], z[:size])
+            self._shape = shape
+        return self._views, self._flat, self._scratch_views
 
 
 class StrictDecoder:
@@ -260,7 +327,8 @@ class StrictDecoder:
     ``decoder(N, D)`` returns the same :class:`StrictResult` as :func:`strict_inference` (bit for bit), but the
     three tensors are views of buffers the decoder keeps, sized for the largest input seen so far (per dtype and
     device; they grow, never shrink, until :meth:`clear`). **They are overwritten by the next call**: copy
-    (``.clone()``) what must outlive it. One decoder per thread; decoders are cheap.
+    (``.clone()``) what must outlive it. Not differentiable (inputs that require grad are decoded detached).
+    One decoder per thread; decoders are cheap.
 
         decoder = StrictDecoder(InferenceConfig(tau_infer=1e-6, tau_train=1e-4))
         for x in batches:
@@ -287,47 +355,53 @@ class StrictDecoder:
     def decode(self, N: Tensor, D: Tensor) -> StrictResult:
         """Decode ⟨N, D⟩ into this decoder's buffers (valid until the next call); see :class:`StrictDecoder`."""
         N, D = _as_float_pair(N, D)
-        tau_infer, tau_train = self.config.thresholds_for(D.dtype)
-        size = N.numel()
+        thresholds = self.config.thresholds_for(D.dtype)
         eager = not _use_fused(N, D, self.backend)
-        bufs = self._reserve(N, eager)
-        out = (bufs.decoded[:size].view(N.shape), bufs.bottom[:size].view(N.shape), bufs.gap[:size].view(N.shape))
-        checked = check_out(out, N, D)  # cheap; also rejects an N/D that overlaps our buffers
-        scratch = (bufs.w, bufs.z) if bufs.w is not None and bufs.z is not None else None
-        _decode_into(N, D, tau_infer, tau_train, checked, self.backend, scratch)
-        return StrictResult(*checked)
+        bufs = self._reserve(N, eager, thresholds)
+        for span, name in ((_span(N), "N"), (_span(D), "D")):
+            for i, mine in enumerate(bufs.spans):
+                if span[0] < mine[1] and mine[0] < span[1]:
+                    raise ValueError(f"{name} overlaps this decoder's {_OUT_NAMES[i]} buffer: clone it first")
+        out, flat, scratch = bufs.views(N.shape)
+        if not eager:
+            from zeroproof.inference import fused
 
-    def _reserve(self, N: Tensor, eager: bool) -> _Buffers:
+            fused.decode_fused(N, D, thresholds[0], thresholds[1], out=out)
+        elif scratch is not None and bufs.thresholds is not None:
+            _decode_flat(_flat(N), _flat(D), *bufs.thresholds, *flat, *scratch)
+        return StrictResult(*out)
+
+    def _reserve(self, N: Tensor, eager: bool, thresholds: tuple[float, float]) -> _Buffers:
         key = (N.dtype, N.device)
         size = N.numel()
         bufs = self._buffers.get(key)
-        if bufs is None or bufs.decoded.numel() < size:
-            # Grow to exactly the new largest size; drop the old outputs first so both never coexist.
-            w, z = (None, None) if bufs is None else (bufs.w, bufs.z)
-            bufs = None
+        if bufs is None or bufs.capacity < size:
+            old = bufs
+            # Drop the old outputs before allocating the new ones, so that both never coexist.
             self._buffers.pop(key, None)
-            bufs = _Buffers(
-                torch.empty(size, dtype=N.dtype, device=N.device),
-                torch.empty(size, dtype=torch.bool, device=N.device),
-                torch.empty(size, dtype=torch.bool, device=N.device),
-                w,
-                z,
-            )
+            bufs = None
+            bufs = _Buffers(N, size)
+            if old is not None:
+                bufs.set_scratch(old.scratch, old.thresholds)
+            del old
+            self._buffers[key] = bufs
         if eager:
             block = _block_elements(N, self.block_elements)
-            if bufs.w is None or bufs.w.numel() < block:
-                bufs = bufs._replace(w=None, z=None)
-                bufs = bufs._replace(
-                    w=torch.empty(block, dtype=N.dtype, device=N.device),
-                    z=torch.empty(block, dtype=N.dtype, device=N.device),
+            if bufs.scratch is None or bufs.scratch[0].numel() < block:
+                bufs.set_scratch(None, None)
+                bufs.set_scratch(
+                    (
+                        torch.empty(block, dtype=N.dtype, device=N.device),
+                        torch.empty(block, dtype=N.dtype, device=N.device),
+                    ),
+                    (torch.full([], thresholds[0], dtype=N.dtype), torch.full([], thresholds[1], dtype=N.dtype)),
                 )
-        self._buffers[key] = bufs
         return bufs
 
     @property
     def nbytes(self) -> int:
         """Bytes held in output and scratch buffers."""
-        return sum(t.numel() * t.element_size() for b in self._buffers.values() for t in b if t is not None)
+        return sum(t.numel() * t.element_size() for b in self._buffers.values() for t in b.tensors())
 
     def clear(self) -> None:
         """Drop every buffer (results still referenced elsewhere stay valid); the next call allocates afresh."""

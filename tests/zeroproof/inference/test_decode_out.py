@@ -272,5 +272,7 @@ def test_wrong_out_buffers_raise_clear_errors() -> None:
         call((torch.empty(4, 3, requires_grad=True), good[1], good[2]))
     decoder = StrictDecoder()
     res = decoder(N, D)
-    with pytest.raises(ValueError, match="overlaps N"):
-        decoder(res.decoded, D)  # decoding the decoder's own output in place is refused, not silently wrong
+    with pytest.raises(ValueError, match="N overlaps this decoder's decoded buffer"):
+        decoder(res.decoded, D)
+    with pytest.raises(ValueError, match="D overlaps this decoder's decoded buffer"):
+        decoder(N, res.decoded)  # decoding the decoder's own output in place is refused, not silently wrong
