@@ -79,29 +79,51 @@ def decode_eager_into(
     many elements (:data:`EAGER_BLOCK_ELEMENTS` on CPU). Same thresholds as :func:`decode_eager`, bit-identical
     results.
 
-    Per block, ``w = |D| + (q - q)`` is ``|D|`` where ``q = N/D`` is finite, NaN where it is not, and ``inf`` for an
-    infinite D with finite N. ``z = sqrt(w - tau_infer)`` is NaN exactly where ``w < tau_infer`` or ``w`` is NaN
-    (``w - tau_infer`` has the exact sign of the comparison: IEEE subtraction is 0 only for equal operands), and
-    ``inf`` for an infinite ``w``; so ``z - z`` is +0 where the element decodes and NaN exactly at ⊥. The masks then
-    come from float ops, which are vectorized, rather than from bool-producing comparisons (about four float ops
-    each on CPU): ``bottom = bool(z)`` (NaN is truthy), ``decoded = q - z`` (``x - (+0)`` is ``x``, the sign of
-    zero included), ``gap = (w + z) < tau_train`` (NaN at ⊥ fails the comparison).
+    On CPU a comparison that writes a bool tensor runs a scalar loop (~4x a float op), and so do ``masked_fill_``
+    and ``where``; comparisons that write 0.0/1.0 floats, float arithmetic and a float -> bool copy are vectorized.
+    So per block, with only those:
+
+    - ``w = |D| + (q - q) * D``: ``|D|`` where ``q = N/D`` and D are finite, NaN elsewhere (``q - q`` is NaN for a
+      non-finite q, ``0 * D`` is NaN for an infinite D, and adding ±0 or NaN to ``|D|`` is exact);
+    - ``ok = (w >= tau_infer)`` as 1.0/0.0 (NaN compares false), then ``z = 0 / ok``: +0 where the element decodes,
+      NaN exactly at ⊥;
+    - ``bottom = bool(z)`` (NaN is truthy), ``decoded = q - z`` (``x - (+0)`` is ``x``, the sign of zero included,
+      NaN at ⊥), ``gap = bool((w + z) < tau_train)`` (``w + z`` is NaN at ⊥, which compares false).
+
+    Every step is exact or only propagates NaN, in any float dtype and on any device, and none has a slow path
+    for NaN, infinities, zeros or negative operands (``sqrt``/``log`` would: ~100x slower on such elements).
     """
-    # Thresholds as 0-dim CPU tensors of the inputs' dtype (exact: thresholds_for rounded them to it); ops take
-    # them like Python scalars, on any device, without wrapping a scalar on every call.
-    ti = torch.full([], tau_infer, dtype=N.dtype)
-    tt = torch.full([], tau_train, dtype=N.dtype)
-    _decode_flat(N.reshape(-1), D.reshape(-1), ti, tt, decoded.view(-1), bottom.view(-1), gap.view(-1), w, z)
+    consts = _consts(tau_infer, tau_train, N.dtype)
+    _decode_flat(N.reshape(-1), D.reshape(-1), consts, decoded.view(-1), bottom.view(-1), gap.view(-1), w, z)
+
+
+def _consts(tau_infer: float, tau_train: float, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """``(tau_infer, tau_train, +0)`` as 0-dim CPU tensors of ``dtype`` (exact: ``thresholds_for`` rounded the
+    thresholds to it). Ops take them like Python scalars, on any device, without wrapping a scalar per call."""
+    return (
+        torch.full([], tau_infer, dtype=dtype),
+        torch.full([], tau_train, dtype=dtype),
+        torch.zeros([], dtype=dtype),
+    )
 
 
 def _decode_flat(
-    n: Tensor, d: Tensor, ti: Tensor, tt: Tensor, dec: Tensor, bot: Tensor, gp: Tensor, w: Tensor, z: Tensor
+    n: Tensor,
+    d: Tensor,
+    consts: tuple[Tensor, Tensor, Tensor],
+    dec: Tensor,
+    bot: Tensor,
+    gp: Tensor,
+    w: Tensor,
+    z: Tensor,
 ) -> None:
-    """:func:`decode_eager_into` on flat tensors, thresholds as 0-dim tensors."""
+    """:func:`decode_eager_into` on flat tensors, constants from :func:`_consts`."""
     size = n.numel()
     block = w.numel()
     if size <= block:  # one block: no slicing of the inputs and outputs
-        _decode_block(n, d, ti, tt, dec, bot, gp, w if block == size else w[:size], z if block == size else z[:size])
+        wb = w if block == size else w[:size]
+        zb = z if block == size else z[:size]
+        _decode_block(n, d, consts[0], consts[1], consts[2], dec, bot, gp, wb, zb)
         return
     start = 0
     while start < size:
@@ -109,24 +131,27 @@ def _decode_flat(
         m = stop - start
         wb = w if m == block else w[:m]
         zb = z if m == block else z[:m]
-        _decode_block(n[start:stop], d[start:stop], ti, tt, dec[start:stop], bot[start:stop], gp[start:stop], wb, zb)
+        qb = dec[start:stop]
+        _decode_block(
+            n[start:stop], d[start:stop], consts[0], consts[1], consts[2], qb, bot[start:stop], gp[start:stop], wb, zb
+        )
         start = stop
 
 
 def _decode_block(
-    n: Tensor, d: Tensor, ti: Tensor, tt: Tensor, q: Tensor, bot: Tensor, gp: Tensor, w: Tensor, z: Tensor
+    n: Tensor, d: Tensor, ti: Tensor, tt: Tensor, zero: Tensor, q: Tensor, bot: Tensor, gp: Tensor, w: Tensor, z: Tensor
 ) -> None:
     torch.div(n, d, out=q)
     torch.sub(q, q, out=w)
     torch.abs(d, out=z)
-    w.add_(z)  # |D|, NaN where q is not finite, inf where D is infinite
-    torch.sub(w, ti, out=z)
-    z.sqrt_()
-    z.sub_(z)  # +0 where the element decodes, NaN at ⊥
+    torch.addcmul(z, w, d, out=w)  # |D| + (q - q) * D: |D|, or NaN where q or D is not finite
+    torch.ge(w, ti, out=z)  # 1.0 where not ⊥, else 0.0
+    torch.div(zero, z, out=z)  # +0 where not ⊥, NaN at ⊥
     bot.copy_(z)
     q.sub_(z)
     w.add_(z)
-    torch.lt(w, tt, out=gp)
+    torch.lt(w, tt, out=z)
+    gp.copy_(z)
 
 
 Out = tuple[Tensor, Tensor, Tensor]
@@ -235,9 +260,8 @@ def _decode_into(N: Tensor, D: Tensor, thresholds: tuple[float, float], out: Out
     length = _block_elements(N, EAGER_BLOCK_ELEMENTS)
     w = torch.empty(length, dtype=N.dtype, device=N.device)
     z = torch.empty(length, dtype=N.dtype, device=N.device)
-    ti = torch.full([], thresholds[0], dtype=N.dtype)
-    tt = torch.full([], thresholds[1], dtype=N.dtype)
-    _decode_flat(_flat(N), _flat(D), ti, tt, out[0].view(-1), out[1].view(-1), out[2].view(-1), w, z)
+    consts = _consts(thresholds[0], thresholds[1], N.dtype)
+    _decode_flat(_flat(N), _flat(D), consts, out[0].view(-1), out[1].view(-1), out[2].view(-1), w, z)
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -288,7 +312,7 @@ class _Buffers:
         self.gap = torch.empty(capacity, dtype=torch.bool, device=N.device)
         self.spans = [_span(self.decoded), _span(self.bottom), _span(self.gap)]
         self.scratch: tuple[Tensor, Tensor] | None = None
-        self.thresholds: tuple[Tensor, Tensor] | None = None
+        self.consts: tuple[Tensor, Tensor, Tensor] | None = None
         # Views for the last call's shape, reused while it stays the same (making views costs µs per call).
         self._shape: torch.Size | None = None
         self._views: Out = (self.decoded, self.bottom, self.gap)
@@ -302,8 +326,8 @@ class _Buffers:
     def tensors(self) -> list[Tensor]:
         return [self.decoded, self.bottom, self.gap, *(self.scratch or ())]
 
-    def set_scratch(self, scratch: tuple[Tensor, Tensor] | None, thresholds: tuple[Tensor, Tensor] | None) -> None:
-        self.scratch, self.thresholds = scratch, thresholds
+    def set_scratch(self, scratch: tuple[Tensor, Tensor] | None, consts: tuple[Tensor, Tensor, Tensor] | None) -> None:
+        self.scratch, self.consts = scratch, consts
         self._shape = None
 
     def views(self, shape: torch.Size) -> tuple[Out, Out, tuple[Tensor, Tensor] | None]:
@@ -344,10 +368,19 @@ class StrictDecoder:
     ) -> None:
         if block_elements < 1:
             raise ValueError(f"block_elements must be >= 1, got {block_elements}")
-        self.config = config if config is not None else InferenceConfig()
-        self.backend: Backend = backend
-        self.block_elements = block_elements
+        self._config = config if config is not None else InferenceConfig()
+        self._backend: Backend = backend
+        self._block_elements = block_elements
         self._buffers: dict[tuple[torch.dtype, torch.device], _Buffers] = {}
+
+    @property
+    def config(self) -> InferenceConfig:
+        """The thresholds (fixed: make a new decoder for others)."""
+        return self._config
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
 
     def __call__(self, N: Tensor, D: Tensor) -> StrictResult:
         return self.decode(N, D)
@@ -367,8 +400,8 @@ class StrictDecoder:
             from zeroproof.inference import fused
 
             fused.decode_fused(N, D, thresholds[0], thresholds[1], out=out)
-        elif scratch is not None and bufs.thresholds is not None:
-            _decode_flat(_flat(N), _flat(D), *bufs.thresholds, *flat, *scratch)
+        elif scratch is not None and bufs.consts is not None:
+            _decode_flat(_flat(N), _flat(D), bufs.consts, *flat, *scratch)
         return StrictResult(*out)
 
     def _reserve(self, N: Tensor, eager: bool, thresholds: tuple[float, float]) -> _Buffers:
@@ -382,11 +415,11 @@ class StrictDecoder:
             bufs = None
             bufs = _Buffers(N, size)
             if old is not None:
-                bufs.set_scratch(old.scratch, old.thresholds)
+                bufs.set_scratch(old.scratch, old.consts)
             del old
             self._buffers[key] = bufs
         if eager:
-            block = _block_elements(N, self.block_elements)
+            block = _block_elements(N, self._block_elements)
             if bufs.scratch is None or bufs.scratch[0].numel() < block:
                 bufs.set_scratch(None, None)
                 bufs.set_scratch(
@@ -394,7 +427,7 @@ class StrictDecoder:
                         torch.empty(block, dtype=N.dtype, device=N.device),
                         torch.empty(block, dtype=N.dtype, device=N.device),
                     ),
-                    (torch.full([], thresholds[0], dtype=N.dtype), torch.full([], thresholds[1], dtype=N.dtype)),
+                    _consts(thresholds[0], thresholds[1], N.dtype),
                 )
         return bufs
 
