@@ -141,10 +141,15 @@ def build_paths(N: torch.Tensor, D: torch.Tensor) -> dict[str, Callable[[], Any]
     return paths
 
 
-def measure(size: int, reps: int) -> dict[str, Any]:
+#: D's scale per data mix: 1e-4 gives ~1% ⊥, ~54% gap, the rest ok; 1e-6 gives ~80% ⊥ (worst case for any path
+#: with a slow special-value branch).
+MIXES = {"realistic": 1e-4, "bottom_heavy": 1e-6}
+
+
+def measure(size: int, reps: int, mix: str = "realistic") -> dict[str, Any]:
     gen = torch.Generator().manual_seed(size)
     N = torch.randn(size, generator=gen)
-    D = torch.randn(size, generator=gen) * 1e-4  # a realistic mix of ok, gap and ⊥ elements
+    D = torch.randn(size, generator=gen) * MIXES[mix]
     src = torch.empty(size * 7, dtype=torch.uint8).random_(generator=gen)
     dst = torch.empty_like(src)
     timed: dict[str, Callable[[], Any]] = {"copy": lambda: dst.copy_(src)}
@@ -160,8 +165,10 @@ def measure(size: int, reps: int) -> dict[str, Any]:
             samples[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(v) for name, v in samples.items()}
     copy = medians["copy"]
+    bottom = float((torch.isnan(D) | (D.abs() < CONFIG.tau_infer)).float().mean())
     return {
         "elements": size,
+        "mix": {"name": mix, "bottom_share": round(bottom, 3)},
         "bytes_moved": size * 14,
         "median_ms": {k: round(v * 1e3, 5) for k, v in medians.items()},
         "ratio_to_copy": {k: round(v / copy, 3) for k, v in medians.items() if k != "copy"},
@@ -177,10 +184,10 @@ def clean_env(tunables: str | None) -> dict[str, str]:
     return env
 
 
-def run_child(sizes: str, tunables: str | None) -> dict[str, Any]:
+def run_child(sizes: str, tunables: str | None, mix: str = "realistic") -> dict[str, Any]:
     load_before = os.getloadavg()
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", "--sizes", sizes],
+        [sys.executable, __file__, "--child", "--sizes", sizes, "--mix", mix],
         env=clean_env(tunables),
         capture_output=True,
         text=True,
@@ -201,6 +208,7 @@ def combine(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         combined.append(
             {
                 "elements": first["elements"],
+                "mix": first["mix"],
                 "bytes_moved": first["bytes_moved"],
                 "median_ms": {
                     k: round(statistics.median(r["median_ms"][k] for r in per_run), 5) for k in first["median_ms"]
@@ -228,9 +236,9 @@ def verdict(results: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def child_main(sizes: list[int]) -> None:
+def child_main(sizes: list[int], mix: str) -> None:
     env_malloc = {k: v for k, v in os.environ.items() if k == "GLIBC_TUNABLES" or k.startswith("MALLOC_")}
-    results = [measure(size, reps=max(10, min(400, int(2e7 // size)))) for size in sizes]
+    results = [measure(size, reps=max(10, min(400, int(2e7 // size))), mix=mix) for size in sizes]
     print(json.dumps({"malloc_env": env_malloc, "results": results}))
 
 
@@ -239,18 +247,26 @@ def main() -> None:
     parser.add_argument("--sizes", default="1e3,1e4,1e5,1e6,1e7")
     parser.add_argument("--runs", type=int, default=3, help="child processes per allocator setting")
     parser.add_argument("--tuned-allocator", action="store_true", help="also measure with heap-reusing tunables")
+    parser.add_argument(
+        "--bottom-heavy-sizes",
+        default="1e6,1e7",
+        help="also measure these sizes (default allocator) with ~80%% of elements ⊥; empty to skip",
+    )
+    parser.add_argument("--mix", default="realistic", choices=sorted(MIXES), help=argparse.SUPPRESS)
     parser.add_argument("--out", default="bench/results/decode.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child_main([int(float(s)) for s in args.sizes.split(",")])
+        child_main([int(float(s)) for s in args.sizes.split(",")], args.mix)
         return
-    configs: dict[str, str | None] = {"default_allocator": None}
+    configs: dict[str, tuple[str, str | None, str]] = {"default_allocator": (args.sizes, None, "realistic")}
+    if args.bottom_heavy_sizes:
+        configs["default_allocator_bottom_heavy"] = (args.bottom_heavy_sizes, None, "bottom_heavy")
     if args.tuned_allocator:
-        configs["heap_reuse_allocator"] = HEAP_REUSE_TUNABLES
+        configs["heap_reuse_allocator"] = (args.sizes, HEAP_REUSE_TUNABLES, "realistic")
     report_configs: dict[str, Any] = {}
-    for name, tunables in configs.items():
-        runs = [run_child(args.sizes, tunables) for _ in range(max(1, args.runs))]
+    for name, (sizes, tunables, mix) in configs.items():
+        runs = [run_child(sizes, tunables, mix) for _ in range(max(1, args.runs))]
         results = combine(runs)
         report_configs[name] = {
             "GLIBC_TUNABLES": tunables,
