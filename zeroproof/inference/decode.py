@@ -46,7 +46,7 @@ def decode_eager(N: Tensor, D: Tensor, tau_infer: float, tau_train: float) -> tu
 
     Temporaries are reused in place (``|D| - |D|`` overwrites ``|D|``, the ⊥ mask overwrites the "ok" mask, NaN is
     filled into ``q``), so a call allocates 14 bytes per float32 element (the 6 of the outputs, and ``|D|`` and
-    ``w``) instead of 28; autograd and the ONNX export handle these in-place ops. For no allocation at all, use
+    ``w``) instead of 23; autograd and the ONNX export handle these in-place ops. For no allocation at all, use
     :func:`decode_eager_into` (or ``strict_inference(..., out=...)`` / :class:`StrictDecoder`).
     """
     abs_d = torch.abs(D)
