@@ -207,13 +207,14 @@ def _raise_bad_out(i: int, t: object, N: Tensor) -> None:
 
 
 def _span(t: Tensor) -> tuple[int, int]:
-    """The byte range of ``t``'s storage (empty for an empty tensor); ranges on different devices never meet
-    in practice, and a false alarm would only refuse a call, never corrupt one."""
+    """The byte range ``t``'s elements lie in (empty for an empty tensor). Views of one workspace that do not
+    meet are told apart; interleaved strided views, or ranges on different devices, may look overlapping: such
+    a false alarm only refuses a call, never corrupts one."""
     if t.numel() == 0:
         return (0, 0)
-    storage = t.untyped_storage()
-    start = storage.data_ptr()
-    return (start, start + storage.nbytes())
+    start = t.data_ptr()
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+    return (start, start + (last + 1) * t.element_size())
 
 
 def _as_float_pair(N: Tensor, D: Tensor) -> tuple[Tensor, Tensor]:

@@ -204,6 +204,16 @@ def test_out_path_promotes_and_broadcasts_like_the_allocating_path() -> None:
     assert ints.decoded[0] == 0.5 and ints.bottom_mask.tolist() == [False, True]
 
 
+def test_out_may_share_a_workspace_with_the_inputs_when_they_do_not_meet() -> None:
+    workspace = torch.zeros(4 * 12)
+    N, D, decoded = (workspace[i * 12 : (i + 1) * 12].view(4, 3) for i in range(3))
+    N.copy_(torch.arange(12.0).view(4, 3))
+    D.fill_(2.0)
+    flags = torch.zeros(2, 12, dtype=torch.bool)
+    res = strict_inference(N, D, out=(decoded, flags[0].view(4, 3), flags[1].view(4, 3)))
+    assert torch.equal(res.decoded, torch.arange(12.0).view(4, 3) / 2) and not res.bottom_mask.any()
+
+
 def test_inputs_that_require_grad_are_decoded_detached() -> None:
     N = torch.tensor([1.0, 2.0], requires_grad=True)
     D = torch.tensor([2.0, 0.0], requires_grad=True)
@@ -268,6 +278,9 @@ def test_wrong_out_buffers_raise_clear_errors() -> None:
         call((D, good[1], good[2]))
     with pytest.raises(ValueError, match=r"out\[2\] \(gap_mask\) overlaps bottom_mask"):
         call((good[0], good[1], good[1]))
+    workspace = torch.zeros(30)
+    with pytest.raises(ValueError, match=r"out\[0\] \(decoded\) overlaps N"):
+        strict_inference(workspace[:12].view(4, 3), D, out=(workspace[11:23].view(4, 3), good[1], good[2]))
     with pytest.raises(ValueError, match=r"out\[0\] \(decoded\) must not require grad"):
         call((torch.empty(4, 3, requires_grad=True), good[1], good[2]))
     decoder = StrictDecoder()
