@@ -111,25 +111,40 @@ def supports(N: Tensor, D: Tensor) -> bool:
     )
 
 
-def decode_fused(N: Tensor, D: Tensor, tau_infer: float, tau_train: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Single-pass decode; thresholds must already be rounded to the dtype (``thresholds_for``)."""
+def decode_fused(
+    N: Tensor,
+    D: Tensor,
+    tau_infer: float,
+    tau_train: float,
+    *,
+    out: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Single-pass decode; thresholds must already be rounded to the dtype (``thresholds_for``).
+
+    ``out=(decoded, bottom, gap)``: contiguous tensors of N's shape (N's dtype, bool, bool) on N's device that the
+    kernel writes into and that are returned; nothing is allocated when N and D are contiguous too.
+    :func:`zeroproof.inference.decode.strict_inference` checks them (``check_out``) before calling here.
+    """
     if N.dtype not in _FUSED_DTYPES or N.dtype != D.dtype or N.shape != D.shape:
         raise TypeError(f"fused decode takes same-shape float32/float64 pairs, got {N.dtype}/{D.dtype}")
     n = N.contiguous()
     d = D.contiguous()
-    out = torch.empty_like(n, memory_format=torch.contiguous_format)
-    bottom = torch.empty(n.shape, dtype=torch.bool, device=n.device)
-    gap = torch.empty(n.shape, dtype=torch.bool, device=n.device)
+    if out is None:
+        out_t = torch.empty_like(n, memory_format=torch.contiguous_format)
+        bottom = torch.empty(n.shape, dtype=torch.bool, device=n.device)
+        gap = torch.empty(n.shape, dtype=torch.bool, device=n.device)
+    else:
+        out_t, bottom, gap = out
     if n.numel() == 0:
-        return out, bottom, gap
+        return out_t, bottom, gap
     if n.device.type == "cuda":
         if n.dtype != torch.float32:
             raise TypeError("fused CUDA decode takes float32 (Triton passes thresholds as fp32)")
         launch = _triton_kernel()
         if launch is None:
             raise RuntimeError("fused CUDA decode needs triton")
-        launch(n, d, tau_infer, tau_train, out, bottom, gap)
-        return out, bottom, gap
+        launch(n, d, tau_infer, tau_train, out_t, bottom, gap)
+        return out_t, bottom, gap
     kernels = _numba_kernels()
     if kernels is None:
         raise RuntimeError("fused CPU decode needs numba: pip install 'zeroproof-scm[fast]'")
@@ -145,8 +160,8 @@ def decode_fused(N: Tensor, D: Tensor, tau_infer: float, tau_train: float) -> tu
             d.detach().reshape(-1).numpy(),
             np_dtype(tau_infer),
             np_dtype(tau_train),
-            out.view(-1).numpy(),
+            out_t.view(-1).numpy(),
             bottom.view(-1).numpy(),
             gap.view(-1).numpy(),
         )
-    return out, bottom, gap
+    return out_t, bottom, gap
