@@ -282,7 +282,7 @@ def _consumer(settings: MonitorSettings, suffix: str, **extra: Any) -> Any:
     from kafka import KafkaConsumer
 
     return KafkaConsumer(
-        **settings.kafka_client(),
+        **settings.kafka_python_client(),
         group_id=None,
         enable_auto_commit=False,
         client_id=f"{settings.group_id}-{suffix}",
@@ -387,7 +387,7 @@ def build_sinks(settings: MonitorSettings, clock: Clock) -> list[AlertSink]:
     sinks: list[AlertSink] = [
         LogSink(),
         KafkaAlertSink(
-            settings.kafka_client(),
+            settings.kafka_python_client(),
             settings.alerts_topic,
             settings.group_id,
             settings.kafka_timeout,

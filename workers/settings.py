@@ -106,6 +106,10 @@ class WorkerSettings(KafkaConnectionSettings, RedisConnectionSettings, ServiceSe
     )
 
     # --- kafka client
+    kafka_client: Literal["kafka-python", "confluent"] = Field(
+        default="kafka-python",
+        description="Kafka client library of the worker's transport: kafka-python or confluent (librdkafka)",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
