@@ -117,6 +117,9 @@ class WorkerProc:
                 "OMP_NUM_THREADS": "1",
             }
         )
+        # the whole suite can run on the other transport: ZEROPROOF_TEST_KAFKA_CLIENT=confluent
+        if os.environ.get("ZEROPROOF_TEST_KAFKA_CLIENT"):
+            full["ZEROPROOF_KAFKA_CLIENT"] = os.environ["ZEROPROOF_TEST_KAFKA_CLIENT"]
         full.update(env)
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
