@@ -67,6 +67,8 @@ _REFUSED_FOR_GOOD = {
 }
 #: how long ``send`` waits for room in librdkafka's queue before failing the handle (kafka-python: max_block_ms)
 _MAX_BLOCK_S = 10.0
+#: delivery reports are asked of the client at most this often by ``done()`` (flush always serves them)
+_SERVE_EVERY_S = 0.0002
 #: a consumed error without a partition is logged at most this often
 _ERROR_LOG_EVERY_S = 30.0
 
@@ -473,6 +475,7 @@ class ConfluentProducerTransport:
     ) -> None:
         self._log = log if log is not None else structlog.get_logger()
         self.fatal: KafkaError | None = None
+        self._served_at = 0.0
         cid = client_id or (f"{settings.worker_id}-isolated" if isolated else settings.worker_id)
         cfg: dict[str, Any] = {
             **librdkafka_config(settings, cid),
@@ -505,8 +508,13 @@ class ConfluentProducerTransport:
             self._log.warning("kafka_client_error", client="producer", error=str(err), fatal=bool(err.fatal()))
 
     def serve(self) -> None:
-        """Run pending delivery callbacks, without waiting."""
-        self._producer.poll(0)
+        """Run pending delivery callbacks, without waiting; at most once per ``_SERVE_EVERY_S``: the checkpoint asks
+        every handle of a batch whether it is done (twice per step), and a client poll per unacknowledged handle
+        took 6 % of the worker's CPU when draining a backlog."""
+        now = time.perf_counter()
+        if now - self._served_at >= _SERVE_EVERY_S:
+            self._served_at = now
+            self._producer.poll(0)
 
     def send(
         self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] = ()
