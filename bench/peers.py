@@ -322,7 +322,7 @@ def throughput(app: App, ctx: Ctx, backlog: int) -> dict[str, Any]:
         marks: list[tuple[float, int, float]] = []
         try:
             with running(app, ctx, bootstrap, tag, "throughput") as r:
-                deadline = time.monotonic() + max(120.0, backlog / 1000)
+                deadline = time.monotonic() + max(120.0, backlog / 400)  # Quix on a busy machine: < 1000 msg/s
                 last = 0.0
                 while len(reader.arrivals) < backlog and time.monotonic() < deadline and r.alive():
                     reader.read()
@@ -335,12 +335,13 @@ def throughput(app: App, ctx: Ctx, backlog: int) -> dict[str, Any]:
         finally:
             reader.close()
         got = marks[-1][1]
-        if got < backlog:
+        if got < backlog / 2:
             return {"error": f"{got} of {backlog} outputs (app alive: {alive}); log: {r.log}", "load": load_before}
         lo = next(m for m in marks if m[1] >= 0.1 * backlog)
-        hi = next(m for m in marks if m[1] >= 0.9 * backlog)
+        hi = next(m for m in marks if m[1] >= min(0.9 * backlog, got))
         msgs = hi[1] - lo[1]
         return {
+            **({"partial": f"{got} of {backlog} outputs before the time limit"} if got < backlog else {}),
             "messages": backlog,
             "msgs_per_s": round(msgs / (hi[0] - lo[0]), 1),
             "cpu_s_per_100k": round((hi[2] - lo[2]) / msgs * 100_000, 3),
