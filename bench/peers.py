@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -340,6 +341,8 @@ def throughput(app: App, ctx: Ctx, backlog: int) -> dict[str, Any]:
         lo = next(m for m in marks if m[1] >= 0.1 * backlog)
         hi = next(m for m in marks if m[1] >= min(0.9 * backlog, got))
         msgs = hi[1] - lo[1]
+        if hi[0] <= lo[0] or msgs <= 0:
+            return {"error": f"{backlog} drained too fast to time: use a larger --backlog", "load": load_before}
         return {
             **({"partial": f"{got} of {backlog} outputs before the time limit"} if got < backlog else {}),
             "messages": backlog,
@@ -543,6 +546,8 @@ def main() -> int:
         ap.error(f"unknown app(s) {sorted(unknown)}; choose from {[a.name for a in APPS]}")
     apps = [a for a in APPS if not wanted or a.name in wanted]
 
+    # SIGTERM ends the run through the finally blocks: the app, the broker and Redis are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="zp-peers-"))
     redis_srv = start_redis()
     ctx = Ctx(make_bundle(tmp / "bench-mlp.zpb"), redis_srv.extra["url"], tmp, args.partitions)

@@ -34,11 +34,11 @@ def test_a_peer_drains_a_backlog_through_the_harness_and_the_table_is_built(tmp_
     try:
         ctx = peers.Ctx(peers.make_bundle(tmp_path / "m.zpb"), redis.extra["url"], tmp_path, 1)
         app = next(a for a in peers.APPS if a.name == "confluent-loop")
-        res = peers.throughput(app, ctx, 2000)
+        res = peers.throughput(app, ctx, 50_000)
     finally:
         redis.stop()
     assert "error" not in res, res
-    assert res["messages"] == 2000 and res["outputs_seen"] >= 2000
+    assert res["messages"] == 50_000 and res["outputs_seen"] >= 50_000
     assert res["msgs_per_s"] > 0 and res["cpu_s_per_100k"] >= 0
     empty: dict[str, Any] = {"p50_ms": 1.0, "p99_ms": 2.0, "app_cpu_cores": 0.1}
     results = {app.name: {"throughput": [res], "high": [empty], "low": [{**empty, "idle_cpu_percent": 1.0}]}}

@@ -67,6 +67,10 @@ _REFUSED_FOR_GOOD = {
 }
 #: how long ``send`` waits for room in librdkafka's queue before failing the handle (kafka-python: max_block_ms)
 _MAX_BLOCK_S = 10.0
+#: librdkafka's linger when ``producer_linger_ms`` is 0: with no linger librdkafka sends a worker batch's records
+#: in many small produce requests; at 2 000 msg/s, 3 alternating pairs of runs gave p99 350/43/142 ms at 0 and
+#: 230/34/31 ms at 1 ms, on less CPU (docs/worker.md "Transports")
+_MIN_LINGER_MS = 1.0
 #: delivery reports are asked of the client at most this often by ``done()`` (flush always serves them)
 _SERVE_EVERY_S = 0.0002
 #: a consumed error without a partition is logged at most this often
@@ -83,6 +87,8 @@ def librdkafka_config(settings: WorkerSettings, client_id: str) -> dict[str, Any
         "reconnect.backoff.ms": min(100, max(10, cap_ms)),
         "reconnect.backoff.max.ms": max(100, cap_ms),
         "socket.connection.setup.timeout.ms": max(1000, min(10_000, cap_ms)),
+        # TCP_NODELAY, as kafka-python: librdkafka leaves Nagle on by default
+        "socket.nagle.disable": True,
         "log_level": _SYSLOG_LEVELS.get(settings.kafka_log_level, 4),
         "logger": logging.getLogger(_LOGGER),
         **settings.librdkafka_security(),
@@ -481,7 +487,7 @@ class ConfluentProducerTransport:
             **librdkafka_config(settings, cid),
             "acks": "all" if settings.producer_acks == "all" else "1",
             "enable.idempotence": not isolated,
-            "linger.ms": 0 if isolated else settings.producer_linger_ms,
+            "linger.ms": 0 if isolated else (settings.producer_linger_ms or _MIN_LINGER_MS),
             "batch.size": settings.producer_batch_size,
             "compression.type": settings.producer_compression,
             "message.max.bytes": settings.producer_max_request_bytes,
