@@ -482,6 +482,7 @@ class ConfluentProducerTransport:
         self._log = log if log is not None else structlog.get_logger()
         self.fatal: KafkaError | None = None
         self._served_at = 0.0
+        self._last_error = ""
         cid = client_id or (f"{settings.worker_id}-isolated" if isolated else settings.worker_id)
         cfg: dict[str, Any] = {
             **librdkafka_config(settings, cid),
@@ -505,9 +506,13 @@ class ConfluentProducerTransport:
         try:
             self._producer.list_topics(timeout=max(1.0, min(10.0, settings.startup_max_backoff_s)))
         except KafkaException as exc:
-            raise ConnectionError(f"no Kafka broker answered at {settings.kafka_bootstrap}: {exc}") from exc
+            self._producer.poll(0)  # serves the client's error reports and log lines: they say why (TLS, auth...)
+            why = f" ({self._last_error})" if self._last_error else ""
+            raise ConnectionError(f"no Kafka broker answered at {settings.kafka_bootstrap}: {exc}{why}") from exc
 
     def _on_error(self, err: Any) -> None:
+        if err.code() != KafkaError._ALL_BROKERS_DOWN:  # the summary; the error before it says why
+            self._last_error = str(err)
         if err.fatal():
             self.fatal = err
         if err.fatal() or err.code() not in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
