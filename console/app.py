@@ -95,7 +95,10 @@ class KafkaReplayer:
             if self._producer is None:
                 timeout_ms = int(self.s.kafka_timeout * 1000)
                 self._producer = KafkaProducer(
-                    acks="all", request_timeout_ms=timeout_ms, client_id="zeroproof-console", **self.s.kafka_client()
+                    acks="all",
+                    request_timeout_ms=timeout_ms,
+                    client_id="zeroproof-console",
+                    **self.s.kafka_python_client(),
                 )
             producer = self._producer
         meta = producer.send(topic, value=value, key=key, headers=headers).get(timeout=self.s.kafka_timeout)

@@ -234,7 +234,7 @@ class _EventsSource:
         self.topics = (settings.alerts_topic, settings.dlq_topic)
         timeout_ms = int(settings.kafka_timeout * 1000)
         self.consumer = KafkaConsumer(
-            **settings.kafka_client(),
+            **settings.kafka_python_client(),
             group_id=None,
             enable_auto_commit=False,
             client_id="zeroproof-console-events",

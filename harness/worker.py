@@ -21,7 +21,7 @@ from zeroproof.export import save_bundle
 from zeroproof.inference import InferenceConfig
 from zeroproof.layers import known_pole_model
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 POLE = 0.5
 
 
@@ -117,6 +117,9 @@ class WorkerProc:
                 "OMP_NUM_THREADS": "1",
             }
         )
+        # the whole suite can run on the other transport: ZEROPROOF_TEST_KAFKA_CLIENT=confluent
+        if os.environ.get("ZEROPROOF_TEST_KAFKA_CLIENT"):
+            full["ZEROPROOF_KAFKA_CLIENT"] = os.environ["ZEROPROOF_TEST_KAFKA_CLIENT"]
         full.update(env)
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(

@@ -26,7 +26,7 @@ def build_sinks(settings: MonitorSettings, clock: Clock) -> list[AlertSink]:
     sinks: list[AlertSink] = [
         LogSink(),
         KafkaAlertSink(
-            settings.kafka_client(),
+            settings.kafka_python_client(),
             settings.alerts_topic,
             settings.monitor_client_id,
             settings.kafka_timeout,

@@ -58,7 +58,7 @@ def _consumer(settings: MonitorSettings, suffix: str, **extra: Any) -> Any:
     from kafka import KafkaConsumer
 
     return KafkaConsumer(
-        **settings.kafka_client(),
+        **settings.kafka_python_client(),
         group_id=None,
         enable_auto_commit=False,
         client_id=f"{settings.monitor_client_id}-{suffix}",

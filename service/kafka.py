@@ -95,6 +95,27 @@ class KafkaConnectionSettings(BaseSettings):
                 cfg["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
         return cfg
 
-    def kafka_client(self) -> dict[str, Any]:
+    def librdkafka_security(self) -> dict[str, Any]:
+        """The same TLS/SASL options in librdkafka's names (confluent-kafka clients); secrets unwrapped here too."""
+        cfg: dict[str, Any] = {"security.protocol": self.kafka_security_protocol.lower()}
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            cfg["ssl.endpoint.identification.algorithm"] = "https" if self.kafka_ssl_check_hostname else "none"
+            if self.kafka_ssl_cafile:
+                cfg["ssl.ca.location"] = str(self.kafka_ssl_cafile)
+            if self.kafka_ssl_certfile:
+                cfg["ssl.certificate.location"] = str(self.kafka_ssl_certfile)
+            if self.kafka_ssl_keyfile:
+                cfg["ssl.key.location"] = str(self.kafka_ssl_keyfile)
+            if self.kafka_ssl_password:
+                cfg["ssl.key.password"] = self.kafka_ssl_password.get_secret_value()
+        if self.kafka_security_protocol.startswith("SASL"):
+            cfg["sasl.mechanism"] = self.kafka_sasl_mechanism
+            if self.kafka_sasl_username:
+                cfg["sasl.username"] = self.kafka_sasl_username
+            if self.kafka_sasl_password:
+                cfg["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        return cfg
+
+    def kafka_python_client(self) -> dict[str, Any]:
         """``bootstrap_servers`` plus security: the keyword arguments every kafka-python client starts from."""
         return {"bootstrap_servers": self.kafka_bootstrap_list, **self.kafka_security()}

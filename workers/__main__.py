@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("starting", settings=settings.redacted())
 
     from service.review import RedisReviewStore
-    from workers.transport.kafka import KafkaConsumerTransport, KafkaProducerTransport
+    from workers.transport.factory import consumer_transport, producer_transport
     from workers.worker import Worker
 
     def should_stop() -> bool:
@@ -88,12 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         moved = retrying("redis", store.migrate_legacy)
         if moved:
             log.info("review_records_migrated", records=moved, layout="source-keyed")
-        producer = retrying("kafka", lambda: KafkaProducerTransport(settings))
+        producer = retrying("kafka", lambda: producer_transport(settings))
         out_topics = [settings.output_topic, settings.dlq_topic, settings.fallback_topic, settings.stats_topic]
         parts = retrying("kafka", lambda: producer.warm(out_topics))
         log.info("output_topics_ready", partitions=parts)
         wait_for_topic(settings.input_topic, lambda: producer.topic_partitions(settings.input_topic), log, should_stop)
-        consumer = retrying("kafka", lambda: KafkaConsumerTransport(settings, log=log, metrics=metrics))
+        consumer = retrying("kafka", lambda: consumer_transport(settings, log=log, metrics=metrics))
     except StoppedError:
         log.info("stopped_during_startup")
         return 0
@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_chain(settings),
         metrics,
         log,
-        producer_factory=lambda isolated=False: KafkaProducerTransport(settings, isolated=isolated),
+        producer_factory=lambda isolated=False: producer_transport(settings, isolated=isolated),
         signals=signals,
     )
     try:

@@ -225,7 +225,7 @@ def _replay(args: argparse.Namespace) -> int:
     payload = json.dumps(rec.record.get("input", {})).encode()
     key = rec.record.get("key")
     try:
-        producer = KafkaProducer(acks="all", **settings.kafka_client())
+        producer = KafkaProducer(acks="all", **settings.kafka_python_client())
         meta = producer.send(
             topic,
             value=payload,

@@ -128,7 +128,7 @@ def test_the_monitor_uses_the_workers_kafka_connection_definition() -> None:
         kafka_sasl_password=PW,
         kafka_ssl_cafile="/etc/ssl/ca.pem",
     )
-    client = m.kafka_client()
+    client = m.kafka_python_client()
     assert client["bootstrap_servers"] == ["b1:9093", "b2:9093"]
     assert (client["security_protocol"], client["sasl_mechanism"], client["sasl_plain_password"]) == (
         "SASL_SSL",

@@ -1,0 +1,55 @@
+"""Smoke test of bench/peers.py's pieces (no timing is asserted): one peer app drains a small backlog on a fresh
+broker through the harness's own throughput measurement, and the summary and table are built from it."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from harness.services import start_redis
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def peers_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_peers", ROOT / "bench" / "peers.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_peers"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(240)
+def test_a_peer_drains_a_backlog_through_the_harness_and_the_table_is_built(tmp_path: Path) -> None:
+    peers = peers_module()
+    redis = start_redis()
+    try:
+        ctx = peers.Ctx(peers.make_bundle(tmp_path / "m.zpb"), redis.extra["url"], tmp_path, 1)
+        app = next(a for a in peers.APPS if a.name == "confluent-loop")
+        res = peers.throughput(app, ctx, 50_000)
+    finally:
+        redis.stop()
+    assert "error" not in res, res
+    assert res["messages"] == 50_000 and res["outputs_seen"] >= 50_000
+    assert res["msgs_per_s"] > 0 and res["cpu_s_per_100k"] >= 0
+    empty: dict[str, Any] = {"p50_ms": 1.0, "p99_ms": 2.0, "app_cpu_cores": 0.1}
+    results = {app.name: {"throughput": [res], "high": [empty], "low": [{**empty, "idle_cpu_percent": 1.0}]}}
+    args = type("Args", (), {"high_rate": 2000.0, "low_rate": 120.0, "backlog": 2000})()
+    summary = peers.summarise(results, [app], args)
+    assert summary["table"]["confluent-loop"]["msgs_per_s"] == res["msgs_per_s"]
+    table = peers.markdown(summary, args)
+    assert "confluent-kafka batch loop" in table and "1.0 / 2.0 ms" in table
+
+
+def test_latency_percentiles() -> None:
+    peers = peers_module()
+    p = peers.percentiles([float(i) for i in range(1, 101)])
+    assert p["p50_ms"] == pytest.approx(50.5) and p["max_ms"] == 100.0
