@@ -23,8 +23,8 @@ in ``--rounds`` interleaved rounds (round-robin over the apps, the order rotated
 - after the low-rate run, the app's idle CPU over ``--idle-seconds`` with no traffic, then the latency of one
   record sent after that idle period.
 
-    python bench/peers.py                       # the full run -> bench/results/peers.json (~35 min)
-    python bench/peers.py --quick --only confluent-loop,zeroproof-confluent   # smoke test (1 round, short loads)
+    python -m bench.peers                       # the full run -> bench/results/peers.json (~35 min)
+    python -m bench.peers --quick --only confluent-loop,zeroproof-confluent   # smoke test (1 round, short loads)
 """
 
 from __future__ import annotations

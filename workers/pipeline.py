@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from service.review import ReviewItem
-from service.wire import OTHER_LABEL_VALUE, Counts, InputMessage, ShadowCounts
+from service.wire import OTHER_LABEL_VALUE, InputMessage, ShadowCounts
 from workers.fallback import FallbackChain
 from workers.model import ModelOutputError, ModelRuntime
 from workers.records import (
@@ -35,6 +35,7 @@ from workers.records import (
     BatchStats,
     Outgoing,
     Provenance,
+    Tally,
     dlq_record,
     entity_from_key,
     fallback_request,
@@ -329,16 +330,8 @@ def route(status: str, entity: str, value: list[float | None], width: int, routi
 
 
 # --- tally ------------------------------------------------------------------------------------------------------
-def _count(c: Counts, status: str, action: str) -> None:
-    c.total += 1
-    c.bottom += status == "bottom"
-    c.gap += status == "gap"
-    c.fallback += action == "fallback"
-    c.rejected += action == "reject"
-
-
 def _tally(stats: BatchStats, status: str, r: Route, labels: dict[str, str], cfg: PipelineConfig) -> None:
-    _count(stats.counts, status, r.action)
+    stats.counts.count(status, r.action)
     if r.action == "fallback":
         name = r.controller or ""
         stats.fallback_by[name] = stats.fallback_by.get(name, 0) + 1
@@ -350,7 +343,7 @@ def _tally(stats: BatchStats, status: str, r: Route, labels: dict[str, str], cfg
         lv = lv[:STATS_LABEL_VALUE_MAX_CHARS]
         if lv not in values and len(values) >= cfg.stats_max_label_values:
             lv = OTHER_LABEL_VALUE
-        _count(values.setdefault(lv, Counts()), status, r.action)
+        values.setdefault(lv, Tally()).count(status, r.action)
 
 
 # --- the batch --------------------------------------------------------------------------------------------------

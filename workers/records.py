@@ -12,7 +12,7 @@ import base64
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -62,10 +62,10 @@ class Outgoing:
     source: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Provenance:
+class Provenance(NamedTuple):
     """Which model, thresholds, source record and worker produced a record: the same block in the output, the
-    external fallback request and the review record."""
+    external fallback request and the review record. A NamedTuple: one is made per output, and a frozen dataclass
+    took 1.4 µs to build (5 % of a message's cost)."""
 
     model_version: str
     tau_infer: float
@@ -207,7 +207,14 @@ def output_record(
         "action": action,
         "fallback_controller": controller,
         "fallback_value": fallback_value,
-        **prov.fields(),
+        # prov.fields(), spelled out: one output per message, and the extra dict cost ~0.4 µs each
+        "model_version": prov.model_version,
+        "tau_infer": prov.tau_infer,
+        "tau_train": prov.tau_train,
+        "topic": prov.topic,
+        "partition": prov.partition,
+        "offset": prov.offset,
+        "worker_id": prov.worker_id,
         "ts": msg.ts,
         "labels": msg.labels,
     }
@@ -270,6 +277,30 @@ def review_item(
     return ReviewItem(msg.id, prov.source, dumps(review), now)
 
 
+@dataclass(slots=True)
+class Tally:
+    """Per-message counts while a batch is processed; the wire ``Counts`` in the stats record. A plain slotted
+    dataclass: five pydantic ``__setattr__`` calls per message cost 14 % of a 1024-record batch."""
+
+    total: int = 0
+    bottom: int = 0
+    gap: int = 0
+    fallback: int = 0
+    rejected: int = 0
+
+    def count(self, status: str, action: str) -> None:
+        self.total += 1
+        self.bottom += status == "bottom"
+        self.gap += status == "gap"
+        self.fallback += action == "fallback"
+        self.rejected += action == "reject"
+
+    def wire(self) -> Counts:
+        return Counts(
+            total=self.total, bottom=self.bottom, gap=self.gap, fallback=self.fallback, rejected=self.rejected
+        )
+
+
 @dataclass
 class BatchStats:
     """What one batch tells the monitor and the metrics: counts per message status, per element, per label
@@ -278,12 +309,12 @@ class BatchStats:
     model_version: str = ""
     tau_infer: float = 0.0
     tau_train: float | None = None
-    counts: Counts = field(default_factory=Counts)
+    counts: Tally = field(default_factory=Tally)
     dlq: dict[str, int] = field(default_factory=dict)
     elements_total: int = 0
     elements_bottom: int = 0
     elements_gap: int = 0
-    by_label: dict[str, dict[str, Counts]] = field(default_factory=dict)
+    by_label: dict[str, dict[str, Tally]] = field(default_factory=dict)
     shadow: list[ShadowCounts] = field(default_factory=list)
     fallback_by: dict[str, int] = field(default_factory=dict)
     outputs: int = 0
@@ -303,12 +334,12 @@ def stats_record(
         tau_train=stats.tau_train,
         window_start=window_start,
         window_end=window_end,
-        counts=stats.counts,
+        counts=stats.counts.wire(),
         dlq=sum(stats.dlq.values()),
         elements_total=stats.elements_total,
         elements_bottom=stats.elements_bottom,
         elements_gap=stats.elements_gap,
-        by_label=stats.by_label,
+        by_label={label: {v: t.wire() for v, t in values.items()} for label, values in stats.by_label.items()},
         shadow=stats.shadow,
         batch_seq=seq,
         partitions=stats.spans,
