@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import signal
 import subprocess
 import sys
@@ -51,6 +50,7 @@ import numpy as np
 import orjson
 import psutil
 
+from bench.worker import worker_stage_means
 from harness.services import free_port, start_redis, start_tansu
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -392,19 +392,13 @@ def percentiles(ms: list[float]) -> dict[str, float]:
 
 
 def worker_stages(port: int) -> dict[str, float]:
-    """Mean per batch of the worker's own stage histograms (ms) and its mean batch size, from /metrics."""
+    """Mean per batch of the worker's own stage histograms (ms: fetch lag, queue, process, ack, commit, e2e) and its
+    mean batch size, from /metrics: the stage trace in docs/benchmarks.md."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     except OSError:
         return {}
-    out: dict[str, float] = {}
-    for name in ("queue_seconds", "process_seconds", "commit_seconds", "e2e_latency_seconds", "batch_size"):
-        total = re.search(rf"^zeroproof_worker_{name}_sum ([0-9.e+-]+)$", text, re.M)
-        count = re.search(rf"^zeroproof_worker_{name}_count ([0-9.e+-]+)$", text, re.M)
-        if total and count and float(count.group(1)) > 0:
-            mean = float(total.group(1)) / float(count.group(1))
-            out[name.removesuffix("_seconds")] = round(mean if name == "batch_size" else 1000 * mean, 2)
-    return out
+    return worker_stage_means(text)
 
 
 def latency(app: App, ctx: Ctx, rate: float, seconds: float, idle_s: float = 0.0) -> dict[str, Any]:

@@ -24,9 +24,20 @@ def results_path() -> Path:
     return Path(os.environ.get("ZEROPROOF_RELIABILITY_JSON", str(DEFAULT_PATH)))
 
 
+def worker_kafka_client() -> str:
+    """The transport the workers of this run use (``ZEROPROOF_TEST_KAFKA_CLIENT``, else the worker's default)."""
+    from workers.settings import WorkerSettings
+
+    return os.environ.get("ZEROPROOF_TEST_KAFKA_CLIENT") or str(WorkerSettings.model_fields["kafka_client"].default)
+
+
 def record(section: str, figures: dict[str, Any]) -> dict[str, Any]:
     """Print ``figures`` and store them as ``scenarios[section]`` (atomic replace under an flock)."""
-    stamped = {**figures, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    stamped = {
+        **figures,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "worker_kafka_client": worker_kafka_client(),
+    }
     print(f"\nRELIABILITY {section}: {json.dumps(stamped, sort_keys=True)}")
     path = results_path()
     path.parent.mkdir(parents=True, exist_ok=True)
