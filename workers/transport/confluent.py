@@ -34,7 +34,7 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as CTopicPartition
 
-from service.kafka_fetch import UNDECODABLE_RELOG_S, HeldPartition
+from service.held import UNDECODABLE_RELOG_S, HeldPartition, HeldPartitions
 from workers.settings import WorkerSettings
 from workers.transport.base import (
     DeliveryHandle,
@@ -122,14 +122,9 @@ class ConfluentConsumerTransport:
     ) -> None:
         self._reset = settings.auto_offset_reset
         self._log = log if log is not None else structlog.get_logger()
-        self._metrics = metrics
-        self.retry_s = settings.undecodable_retry_s
-        self.relog_s = relog_s
         self._listener: RebalanceListener | None = None
-        self.held: dict[TopicPartition, HeldPartition] = {}
-        self._caller_paused: set[TopicPartition] = set()
+        self.book = HeldPartitions(self._log, metrics, settings.undecodable_retry_s, relog_s)
         self._assigned_now: list[TopicPartition] = []
-        self._logged: dict[TopicPartition, tuple[int, str, float]] = {}
         self._fatal: KafkaError | None = None
         self._next_error_log = 0.0
         self._consumer = Consumer(
@@ -158,7 +153,7 @@ class ConfluentConsumerTransport:
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         tps = _ours(partitions)
         for tp in tps:
-            self._forget(tp, "assigned")
+            self.book.release(tp, "assigned")
         self._assigned_now.extend(tps)
         if self._listener is not None:
             self._listener.on_assigned(tps)
@@ -172,7 +167,7 @@ class ConfluentConsumerTransport:
     def _revoked(self, partitions: list[Any], lost: bool) -> None:
         tps = _ours(partitions)
         for tp in tps:
-            self._forget(tp, "revoked")
+            self.book.release(tp, "revoked")
         if self._listener is None:
             return
         offsets = self._listener.on_revoked(tps)
@@ -193,7 +188,7 @@ class ConfluentConsumerTransport:
         if not self._assigned_now:
             return
         tps, self._assigned_now = self._assigned_now, []
-        self._caller_paused.difference_update(tps)
+        self.book.forget_caller_pauses(tps)
         owned = self.assignment()
         again = [CTopicPartition(tp.topic, tp.partition) for tp in tps if tp in owned]
         if again:
@@ -242,8 +237,8 @@ class ConfluentConsumerTransport:
         if failed:
             # nothing at or after a failing offset of its partition is handed out (there should be none)
             out = [r for r in out if r.offset < failed.get(r.tp, r.offset + 1)]
-        if self.held and out:
-            self._released_by(out)
+        if self.book and out:
+            self.book.decoded(r.tp for r in out)
         if self._fatal is not None:
             raise KafkaException(self._fatal)
         return out
@@ -284,105 +279,31 @@ class ConfluentConsumerTransport:
         # pause, which restarts fetching from the last record returned)
         with contextlib.suppress(KafkaException):
             self._consumer.seek(CTopicPartition(tp.topic, tp.partition, offset))
-        now = time.monotonic()
-        prev = self.held.get(tp)
-        failures = prev.failures + 1 if prev is not None and prev.offset == offset else 1
-        error_type = err.name() if hasattr(err, "name") else type(err).__name__
-        error = str(err)[:500]
-        retry_at = now + self.retry_s if self.retry_s > 0 else float("inf")
-        self.held[tp] = HeldPartition(offset, error, error_type, failures, retry_at)
-        m = self._metrics
-        if m is not None:
-            m.undecodable_fetches.labels(error_type).inc()
-            m.undecodable_offset.labels(tp.topic, str(tp.partition)).set(offset)
-            m.partitions_undecodable.set(len(self.held))
-        last = self._logged.get(tp)
-        first = last is None or last[0] != offset or last[1] != error_type
-        if first or (last is not None and now - last[2] >= self.relog_s):
-            retry = f"retried every {self.retry_s:g} s" if self.retry_s > 0 else "not retried (restart or rebalance)"
-            self._log.error(
-                "partition_undecodable" if first else "partition_still_undecodable",
-                topic=tp.topic,
-                partition=tp.partition,
-                offset=offset,
-                error_type=error_type,
-                error=error,
-                failures=failures,
-                retry_s=self.retry_s,
-                message=(
-                    f"record batch at {tp.topic}:{tp.partition} offset {offset} cannot be decoded; this partition "
-                    f"is paused there (nothing after it is processed or committed), the others keep flowing; "
-                    f"{retry}"
-                ),
-            )
-            self._logged[tp] = (offset, error_type, now)
+        self.book.hold(tp, offset, err.name() if hasattr(err, "name") else type(err).__name__, str(err))
 
     def _retry_held(self) -> None:
-        if not self.held:
-            return
-        now = time.monotonic()
-        due = [
-            tp
-            for tp, h in self.held.items()
-            if h.retry_at is not None and now >= h.retry_at and tp not in self._caller_paused
-        ]
+        due = self.book.due()
         if not due:
             return
-        for tp in due:
-            self.held[tp].retry_at = None
         owned = self.assignment()
         again = [CTopicPartition(tp.topic, tp.partition) for tp in due if tp in owned]
         if again:
             self._consumer.resume(again)
 
-    def _released_by(self, records: Sequence[Record]) -> None:
-        """A retried partition that returned records decodes again."""
-        retried = {tp for tp, h in self.held.items() if h.retry_at is None}
-        for tp in retried & {r.tp for r in records}:
-            self._forget(tp, "decoded")
-
-    def _forget(self, tp: TopicPartition, why: str) -> None:
-        h = self.held.pop(tp, None)
-        if h is None:
-            return
-        m = self._metrics
-        if m is not None:
-            with contextlib.suppress(KeyError):
-                m.undecodable_offset.remove(tp.topic, str(tp.partition))
-            m.partitions_undecodable.set(len(self.held))
-        if why == "decoded":
-            self._logged.pop(tp, None)
-            self._log.info(
-                "partition_decodable_again",
-                topic=tp.topic,
-                partition=tp.partition,
-                offset=h.offset,
-                failures=h.failures,
-            )
-        else:
-            self._log.info(
-                "partition_undecodable_released", topic=tp.topic, partition=tp.partition, offset=h.offset, reason=why
-            )
-
     @property
     def undecodable(self) -> Mapping[TopicPartition, HeldPartition]:
         """Partitions held back because a record batch could not be decoded."""
-        return self.held
+        return self.book.held
 
     # --- the rest of the interface ------------------------------------------------------------------------------
     def pause(self, partitions: Sequence[TopicPartition]) -> None:
-        self._caller_paused.update(partitions)
+        self.book.caller_pauses(partitions)
         if partitions:
             self._consumer.pause([CTopicPartition(tp.topic, tp.partition) for tp in partitions])
 
     def resume(self, partitions: Sequence[TopicPartition]) -> None:
         """Resumes ``partitions`` except those held back as undecodable."""
-        self._caller_paused.difference_update(partitions)
-        free = [
-            CTopicPartition(tp.topic, tp.partition)
-            for tp in partitions
-            if tp not in self.held or self.held[tp].retry_at is None
-        ]
+        free = [CTopicPartition(tp.topic, tp.partition) for tp in self.book.caller_resumes(partitions)]
         if free:
             self._consumer.resume(free)
 
