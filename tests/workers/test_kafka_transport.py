@@ -8,7 +8,7 @@ import pytest
 import structlog
 from kafka.partitioner.default import DefaultPartitioner
 
-from service.kafka_fetch import UndecodableGuard
+from workers.settings import WorkerSettings
 from workers.transport.kafka import (
     _POLL_SLICE_MS,
     _QUIET_AFTER_S,
@@ -67,14 +67,10 @@ class _Listener:
 
 
 def transport_with(client: SleepyClient, stable: bool = True, quiet: bool = False) -> KafkaConsumerTransport:
-    t = object.__new__(KafkaConsumerTransport)
-    t._consumer = client
-    t._clock = client.clock  # type: ignore[method-assign]
-    t._guard = UndecodableGuard(client, structlog.get_logger("test"))
+    settings = WorkerSettings(fetch_max_wait_ms=5, idle_fetch_max_wait_ms=500)
+    t = KafkaConsumerTransport(settings, log=structlog.get_logger("test"), client=client, clock=client.clock)
     t._last_records_at = 0.0 if quiet else client.now
-    t._fetch_wait_ms = {False: 5, True: 500}
-    t._quiet = False
-    t._membership = _MembershipTracker(_Listener())
+    t._membership = _MembershipTracker(_Listener())  # what subscribe() sets up, without a broker
     if stable:
         t._membership.on_assigned([])
     return t

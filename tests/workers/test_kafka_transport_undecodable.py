@@ -18,8 +18,8 @@ from kafka.record import default_records
 from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.structs import TopicPartition as KTopicPartition
 
-from service.kafka_fetch import UndecodableGuard
 from workers.metrics import WorkerMetrics
+from workers.settings import WorkerSettings
 from workers.transport.base import TopicPartition, UndecodableInputError
 from workers.transport.kafka import KafkaConsumerTransport, _MembershipTracker
 
@@ -159,11 +159,10 @@ class _Listener:
 
 def transport(client: Any, retry_s: float = RETRY_S) -> tuple[KafkaConsumerTransport, ListLog, WorkerMetrics, Clock]:
     log, metrics, clock = ListLog(), WorkerMetrics(), Clock()
-    t = object.__new__(KafkaConsumerTransport)
-    t._consumer = client
-    t._last_records_at = 0.0
-    t._guard = UndecodableGuard(client, log, metrics, retry_s, clock=clock)
-    t._membership = _MembershipTracker(_Listener(), t._guard)
+    t = KafkaConsumerTransport(
+        WorkerSettings(undecodable_retry_s=retry_s), log=log, metrics=metrics, client=client, clock=clock
+    )
+    t._membership = _MembershipTracker(_Listener(), t._guard)  # what subscribe() sets up, without a broker
     t._membership.on_assigned([])
     t._guard._rebalances.clear()
     return t, log, metrics, clock

@@ -137,16 +137,20 @@ def _async_listener(inner: RebalanceListener, consumer: Any) -> Any:
 class KafkaConsumerTransport:
     """A group member with auto-commit off; ``commit`` is synchronous and takes next-offsets."""
 
-    #: the clock of the poll slicing (tests replace it, so the slicing is tested without real time)
-    _clock: Callable[[], float] = staticmethod(time.monotonic)
-
     def __init__(
         self,
         settings: WorkerSettings,
         client_id: str | None = None,
         log: Any = None,
         metrics: WorkerMetrics | None = None,
+        *,
+        client: Any = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``client``: a kafka-python ``KafkaConsumer`` to use instead of building one from ``settings`` (tests pass
+        a stand-in); ``clock``: the monotonic clock of the poll slicing and the undecodable retries (tests pass a
+        simulated one, so both are tested without real time)."""
+        self._clock = clock
         self._reset = settings.auto_offset_reset
         self._membership: _MembershipTracker | None = None  # set by subscribe
         self._last_records_at = 0.0  # monotonic time of the last poll that returned records
@@ -154,22 +158,30 @@ class KafkaConsumerTransport:
         self._next_metadata_nudge = 0.0
         self._fetch_wait_ms = {False: settings.fetch_max_wait_ms, True: settings.idle_fetch_max_wait_ms}
         self._quiet = False
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_list,
-            group_id=settings.group_id,
-            client_id=client_id or settings.worker_id,
-            enable_auto_commit=False,
-            auto_offset_reset=settings.auto_offset_reset,
-            session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=settings.heartbeat_interval_ms,
-            max_poll_interval_ms=settings.max_poll_interval_ms,
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
-            max_poll_records=settings.max_poll_records,
-            **connection_config(settings),
-            **settings.kafka_security(),
+        self._consumer = (
+            client
+            if client is not None
+            else KafkaConsumer(
+                bootstrap_servers=settings.kafka_bootstrap_list,
+                group_id=settings.group_id,
+                client_id=client_id or settings.worker_id,
+                enable_auto_commit=False,
+                auto_offset_reset=settings.auto_offset_reset,
+                session_timeout_ms=settings.session_timeout_ms,
+                heartbeat_interval_ms=settings.heartbeat_interval_ms,
+                max_poll_interval_ms=settings.max_poll_interval_ms,
+                fetch_max_wait_ms=settings.fetch_max_wait_ms,
+                max_poll_records=settings.max_poll_records,
+                **connection_config(settings),
+                **settings.kafka_security(),
+            )
         )
         self._guard = UndecodableGuard(
-            self._consumer, log if log is not None else structlog.get_logger(), metrics, settings.undecodable_retry_s
+            self._consumer,
+            log if log is not None else structlog.get_logger(),
+            metrics,
+            settings.undecodable_retry_s,
+            clock=clock,
         )
 
     def subscribe(self, topic: str, listener: RebalanceListener) -> None:
