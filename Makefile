@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-packages run test lint typecheck check bench clean
+.PHONY: install system-packages run test test-kafka-python lint typecheck check bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The worker-process suites (integration, reliability) on the other transport than the default (librdkafka).
+test-kafka-python: $(STAMP) system-packages
+	ZEROPROOF_TEST_KAFKA_CLIENT=kafka-python $(BIN)/python -m pytest tests/reliability tests/workers/test_integration.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -117,8 +117,8 @@ class WorkerSettings(TopicSettings, KafkaConnectionSettings, RedisConnectionSett
 
     # --- kafka client
     kafka_client: Literal["kafka-python", "confluent"] = Field(
-        default="kafka-python",
-        description="Kafka client library of the worker's transport: kafka-python or confluent (librdkafka)",
+        default="confluent",
+        description="Kafka client library of the worker's transport: confluent (librdkafka) or kafka-python",
     )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         default="earliest", description="where a new consumer group starts"

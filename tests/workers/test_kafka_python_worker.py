@@ -1,7 +1,8 @@
-"""The worker process on the librdkafka transport (``ZEROPROOF_KAFKA_CLIENT=confluent``) end to end: SIGKILL
-mid-stream then a restart loses nothing (duplicates bounded), and a second member joining mid-stream takes
-partitions over through revoke → drain → commit. The kafka-python transport runs the same scenarios in
-test_integration.py; the whole suite switches transport with ``ZEROPROOF_TEST_KAFKA_CLIENT`` (tests/workers/helpers.py).
+"""The worker process on the kafka-python transport (``ZEROPROOF_KAFKA_CLIENT=kafka-python``, not the default)
+end to end: SIGKILL mid-stream then a restart loses nothing (duplicates bounded), and a second member joining
+mid-stream takes partitions over through revoke → drain → commit. The default transport (librdkafka) runs the
+same scenarios in test_integration.py, so every run of the suite covers both at process level; the whole suite
+switches transport with ``ZEROPROOF_TEST_KAFKA_CLIENT`` (harness/worker.py, ``make test-kafka-python``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.mark.timeout(180)
-def test_confluent_worker_sigkill_mid_stream_then_restart_loses_nothing(
+def test_kafka_python_worker_sigkill_mid_stream_then_restart_loses_nothing(
     kafka_bootstrap: str, redis_url: str, bundle: Path, topics: Topics, tmp_path: Path
 ) -> None:
     n = 3000
@@ -32,7 +33,7 @@ def test_confluent_worker_sigkill_mid_stream_then_restart_loses_nothing(
         redis_url,
         bundle,
         topics,
-        kafka_client="confluent",
+        kafka_client="kafka-python",
         max_batch_size="50",
         max_batch_delay_ms="5",
     )
@@ -63,10 +64,10 @@ def test_confluent_worker_sigkill_mid_stream_then_restart_loses_nothing(
 
 
 @pytest.mark.timeout(180)
-def test_confluent_worker_hands_partitions_over_on_rebalance_losing_nothing(
+def test_kafka_python_worker_hands_partitions_over_on_rebalance_losing_nothing(
     kafka_bootstrap: str, redis_url: str, bundle: Path, topics: Topics, tmp_path: Path
 ) -> None:
-    """A continuous stream; B joins mid-stream (A drains and commits on revoke, inside librdkafka's poll, and B
+    """A continuous stream; B joins mid-stream (A drains and commits on revoke, from kafka-python's IO thread, and B
     continues from there), then A is stopped with SIGTERM mid-stream: nothing is lost."""
     n = 2400
     stop = threading.Event()
@@ -90,7 +91,7 @@ def test_confluent_worker_hands_partitions_over_on_rebalance_losing_nothing(
         redis_url,
         bundle,
         topics,
-        kafka_client="confluent",
+        kafka_client="kafka-python",
         max_batch_size="32",
         max_batch_delay_ms="10",
     )
