@@ -391,14 +391,12 @@ def percentiles(ms: list[float]) -> dict[str, float]:
     }
 
 
-def worker_stages(port: int) -> dict[str, float]:
-    """Mean per batch of the worker's own stage histograms (ms: fetch lag, queue, process, ack, commit, e2e) and its
-    mean batch size, from /metrics: the stage trace in docs/benchmarks.md."""
+def worker_metrics_text(port: int) -> str:
+    """The worker's /metrics page ("" if it cannot be read)."""
     try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     except OSError:
-        return {}
-    return worker_stage_means(text)
+        return ""
 
 
 def latency(app: App, ctx: Ctx, rate: float, seconds: float, idle_s: float = 0.0) -> dict[str, Any]:
@@ -418,6 +416,7 @@ def latency(app: App, ctx: Ctx, rate: float, seconds: float, idle_s: float = 0.0
                 if not reader.wait_for({"warmup"}, 120):
                     return {"error": f"no warm-up output within 120 s; log: {r.log}", "load": load_before}
                 time.sleep(1.0)  # let start-up work (JIT, first fetches) settle
+                stages0 = worker_metrics_text(r.metrics_port) if app.zeroproof else ""
                 cpu0, t0 = r.cpu_s(), time.monotonic()
                 gen = subprocess.Popen(
                     [
@@ -443,7 +442,8 @@ def latency(app: App, ctx: Ctx, rate: float, seconds: float, idle_s: float = 0.0
                 res["measured"] = len(ms)
                 res["app_cpu_cores"] = round((cpu1 - cpu0) / (t1 - t0), 3)
                 if app.zeroproof:
-                    res["worker_stages_mean_ms"] = worker_stages(r.metrics_port)
+                    # over the paced load only (the warm-up record waited for the group join)
+                    res["worker_stages_mean_ms"] = worker_stage_means(worker_metrics_text(r.metrics_port), stages0)
                 if idle_s > 0:
                     time.sleep(2.0)  # the last outputs, commits
                     c0, i0 = r.cpu_s(), time.monotonic()

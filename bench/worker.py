@@ -382,23 +382,39 @@ def bench_broker_floor(bootstrap: str, rate: float, seconds: float, partitions: 
     return {**measured, "partitions": partitions}
 
 
-def worker_stage_means(metrics_text: str) -> dict[str, float]:
-    """Mean per batch of the worker's own stage histograms (ms) and its mean batch size, from /metrics."""
-    out: dict[str, float] = {}
-    stages = (
-        "fetch_lag_seconds",
-        "queue_seconds",
-        "process_seconds",
-        "compute_seconds",
-        "ack_seconds",
-        "commit_seconds",
-        "e2e_latency_seconds",
-    )
-    for name in (*stages, "batch_size"):
+_STAGES = (
+    "fetch_lag_seconds",
+    "queue_seconds",
+    "process_seconds",
+    "compute_seconds",
+    "ack_seconds",
+    "commit_seconds",
+    "e2e_latency_seconds",
+    "batch_size",
+)
+
+
+def worker_stage_totals(metrics_text: str) -> dict[str, tuple[float, float]]:
+    """``(sum, count)`` of each of the worker's stage histograms (and its batch size), from /metrics."""
+    out: dict[str, tuple[float, float]] = {}
+    for name in _STAGES:
         total = re.search(rf"^zeroproof_worker_{name}_sum ([0-9.e+-]+)$", metrics_text, re.M)
         count = re.search(rf"^zeroproof_worker_{name}_count ([0-9.e+-]+)$", metrics_text, re.M)
-        if total and count and float(count.group(1)) > 0:
-            mean = float(total.group(1)) / float(count.group(1))
+        if total and count:
+            out[name] = (float(total.group(1)), float(count.group(1)))
+    return out
+
+
+def worker_stage_means(metrics_text: str, since: str = "") -> dict[str, float]:
+    """Mean per batch of the worker's own stage histograms (ms) and its mean batch size, from /metrics; with
+    ``since`` (an earlier /metrics text), over what was observed between the two only (so a warm-up record that
+    waited for the group join does not weigh on a short measurement)."""
+    after, before = worker_stage_totals(metrics_text), worker_stage_totals(since)
+    out: dict[str, float] = {}
+    for name, (total, count) in after.items():
+        t0, c0 = before.get(name, (0.0, 0.0))
+        if count - c0 > 0:
+            mean = (total - t0) / (count - c0)
             if name == "batch_size":
                 out[name] = round(mean, 1)
             else:
