@@ -123,13 +123,27 @@ def test_end_to_end_values_masks_dlq_review_stats_metrics(
             r.close()
 
 
+#: The process-level delivery scenarios run on both transports in every run of the suite: librdkafka (the default)
+#: and kafka-python (``ZEROPROOF_TEST_KAFKA_CLIENT`` switches every other worker the suite starts).
+KAFKA_CLIENTS = ["confluent", "kafka-python"]
+
+
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("kafka_client", KAFKA_CLIENTS)
 def test_sigkill_mid_stream_then_restart_loses_nothing(
-    kafka_bootstrap: str, redis_url: str, bundle: Path, topics: Topics, tmp_path: Path
+    kafka_bootstrap: str, redis_url: str, bundle: Path, topics: Topics, tmp_path: Path, kafka_client: str
 ) -> None:
     n = 3000
     produce(kafka_bootstrap, topics.inputs, ((f"robot-{i % 8}".encode(), msg(i, feature_for(i))) for i in range(n)))
-    env = worker_env(kafka_bootstrap, redis_url, bundle, topics, max_batch_size="50", max_batch_delay_ms="5")
+    env = worker_env(
+        kafka_bootstrap,
+        redis_url,
+        bundle,
+        topics,
+        kafka_client=kafka_client,
+        max_batch_size="50",
+        max_batch_delay_ms="5",
+    )
     reader = TopicReader(kafka_bootstrap, topics.outputs)
     w1 = WorkerProc(env, tmp_path / "w1.log")
     try:
@@ -149,6 +163,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
             assert len(pending) == len(set(pending)) == len(bottom_ids(range(n)))
             assert set(pending) == bottom_ids(range(n))
             assert w2.terminate() == 0
+            assert not [e for e in w2.events() if e.get("level") == "error"], w2.log_tail()
         finally:
             w2.kill()
     finally:
@@ -157,10 +172,12 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("kafka_client", KAFKA_CLIENTS)
 def test_two_workers_rebalance_and_sigterm_drain(
-    kafka_bootstrap: str, redis_url: str, bundle: Path, topics: Topics, tmp_path: Path
+    kafka_bootstrap: str, redis_url: str, bundle: Path, topics: Topics, tmp_path: Path, kafka_client: str
 ) -> None:
-    """A continuous stream; B joins mid-stream, A is stopped with SIGTERM mid-stream: nothing is lost."""
+    """A continuous stream; B joins mid-stream (A drains and commits on revoke: inside librdkafka's poll, or from
+    kafka-python's IO thread), then A is stopped with SIGTERM mid-stream: nothing is lost."""
     n = 2400
     stop = threading.Event()
 
@@ -178,7 +195,15 @@ def test_two_workers_rebalance_and_sigterm_drain(
         p.close(5)
 
     produce(kafka_bootstrap, topics.inputs, [(b"robot-0", msg("warmup", [0.1]))])  # create the topic
-    env = worker_env(kafka_bootstrap, redis_url, bundle, topics, max_batch_size="32", max_batch_delay_ms="10")
+    env = worker_env(
+        kafka_bootstrap,
+        redis_url,
+        bundle,
+        topics,
+        kafka_client=kafka_client,
+        max_batch_size="32",
+        max_batch_delay_ms="10",
+    )
     reader = TopicReader(kafka_bootstrap, topics.outputs)
     a = WorkerProc({**env, "ZEROPROOF_WORKER_ID": "worker-a"}, tmp_path / "a.log")
     b: WorkerProc | None = None
@@ -189,6 +214,8 @@ def test_two_workers_rebalance_and_sigterm_drain(
         reader.read_until(lambda rs: len(rs) >= 300, 60)
         b = WorkerProc({**env, "ZEROPROOF_WORKER_ID": "worker-b"}, tmp_path / "b.log")
         b.wait_event("partitions_assigned", 40)
+        revoked = a.wait_event("partitions_revoked", 20)
+        assert revoked["drained"] is True
         reader.read_until(lambda rs: sum(json.loads(r.value)["worker_id"] == "worker-b" for r in rs) >= 100, 60)
         t0 = time.monotonic()
         assert a.terminate(timeout=40) == 0
@@ -210,6 +237,8 @@ def test_two_workers_rebalance_and_sigterm_drain(
         for p, off in committed.items():
             assert set(range(off)) <= by_part.get(p, set()), (p, off)
         assert b.terminate() == 0
+        for w in (a, b):
+            assert not [e for e in w.events() if e.get("event") == "revoke_commit_failed"], w.log_tail()
     finally:
         stop.set()
         a.kill()
