@@ -16,10 +16,8 @@ from typing import Any
 
 from embedded.services import ManagedProcess, free_port, start_redis, start_tansu, tansu_binary, wait_for_port
 
-#: consumer settings for tansu in tests: it holds a JoinGroup for session_timeout/2, so every group join in the suite
-#: costs 2 s with 4 s (3 s with the embedded stack's 6 s: the suite took ~1 min longer); heartbeats every 1 s keep a
-#: busy member in its group (the kill storm runs at 3 s). A long fetch wait hurts throughput.
-TEST_CONSUMER_SETTINGS = {"session_timeout_ms": 4000, "heartbeat_interval_ms": 1000, "fetch_max_wait_ms": 50}
+#: kafka-python settings tansu needs (JoinGroup is held for session_timeout/2; fetch wait hurts throughput).
+TEST_CONSUMER_SETTINGS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "fetch_max_wait_ms": 50}
 
 
 def docker_available() -> bool:

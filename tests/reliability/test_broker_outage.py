@@ -146,7 +146,7 @@ def test_broker_unreachable_at_start_and_mid_run(
         # Checked last, so that the figures above are recorded either way. The worker's own retry loop (not
         # only the Kafka client's internal one) must say what it is doing, and back off no longer than
         # ZEROPROOF_STARTUP_MAX_BACKOFF_S: at least 2 attempts logged, and joined soon after the return (tansu
-        # holds a JoinGroup for session_timeout/2 = 2 s of that).
+        # holds a JoinGroup for session_timeout/2 = 3 s of that).
         assert len(attempts) >= 2, f"{len(attempts)} retry lines of its own during a {STARTUP_OUTAGE_S} s outage"
         assert all("retrying" in a["message"] for a in attempts)
         assert delays == sorted(delays) and max(delays) <= max_backoff, delays  # capped exponential backoff
