@@ -248,6 +248,37 @@ def test_rebalance_revokes_then_commits_the_durable_offsets_before_the_partition
     assert [r for r in extra if r.offset < a_listener.durable.get(r.tp, 0)] == []
 
 
+def test_members_busy_between_short_polls_still_join_and_share_the_partitions(
+    make_settings: Callable[..., WorkerSettings], topic: str, closing: list[Any]
+) -> None:
+    """A member that polls briefly and then works (a worker between batches) must not lose a join that completed
+    while it was away: kafka-python 3.0 dropped such a join and started over, so on a broker that holds JoinGroup
+    (tansu: half the session timeout) a member polling 1 ms every 100 ms was never assigned, and the rebalance
+    test above sometimes ran out of its 40 s (workers/transport/kafka.py, keep_completed_joins)."""
+
+    def busy_until(members: list[Any], done: Callable[[], bool], timeout: float = 25.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            for m in members:
+                m.poll(0.001, 1)
+            time.sleep(0.1)
+
+    s = make_settings()
+    a = consumer_transport(s, client_id="busy-a")
+    closing.append(a)
+    a.subscribe(topic, Listener())
+    busy_until([a], lambda: len(a.assignment()) == PARTITIONS)
+    assert len(a.assignment()) == PARTITIONS, "the first member was never assigned the topic"
+    b_listener = Listener()
+    b = consumer_transport(s, client_id="busy-b")
+    closing.append(b)
+    b.subscribe(topic, b_listener)
+    busy_until([a, b], lambda: bool(b.assignment()) and len(a.assignment()) + len(b.assignment()) == PARTITIONS)
+    assert b.assignment() and a.assignment(), (a.assignment(), b.assignment(), b_listener.assigned)
+    assert not a.assignment() & b.assignment()
+    assert len(a.assignment() | b.assignment()) == PARTITIONS
+
+
 def test_a_record_larger_than_the_producer_allows_is_refused_for_certain(
     make_settings: Callable[..., WorkerSettings], topic: str, closing: list[Any]
 ) -> None:

@@ -17,6 +17,7 @@ from kafka.errors import (
     MessageSizeTooLargeError,
     RecordListTooLargeError,
 )
+from kafka.future import Future
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
@@ -134,6 +135,36 @@ def _async_listener(inner: RebalanceListener, consumer: Any) -> Any:
     return _AsyncListener()
 
 
+def keep_completed_joins(coordinator: Any) -> bool:
+    """Make kafka-python 3.0 keep a group join that completed between two polls instead of starting over.
+
+    ``join_group_async`` runs inside ``poll`` and awaits its JoinGroup → SyncGroup task for at most the poll's
+    timeout, leaving the task in flight when that runs out. When the next poll finds the task *done*, it does not
+    take the result: it sends a new JoinGroup (3.0.12 and kafka-python's main branch as of 2026-12). A broker that
+    holds a JoinGroup (tansu: for half the session timeout; Apache Kafka: ``group.initial.rebalance.delay.ms`` for
+    a new group) answers it, and the SyncGroup right after, while the caller is between polls more often than
+    not, so a member with short polls joins, throws the assignment away and rejoins, again and again: measured
+    on tansu, a consumer polling 1 ms every 100 ms was never assigned in 30 s (3.3 s with this fix), and a test
+    member polling 50 ms in turn with another sometimes held its old partitions for 40 s. Here a task that
+    succeeded unawaited is handed to ``join_group_async`` as a future it has not seen done, resolved with the same
+    assignment on the client's next loop tick, so the join completes exactly as if the poll had waited for it.
+    Returns False (and changes nothing) where the client has no such task."""
+    original = getattr(coordinator, "join_group_async", None)
+    if original is None or not hasattr(coordinator, "_join_task") or not hasattr(coordinator, "_manager"):
+        return False
+
+    async def join_group_async(timeout_ms: Any = None) -> Any:
+        task = coordinator._join_task
+        if task is not None and task.is_done and task.succeeded():
+            handover = Future()
+            coordinator._join_task = handover
+            coordinator._manager.call_soon(lambda: handover.success(task.value))
+        return await original(timeout_ms=timeout_ms)
+
+    coordinator.join_group_async = join_group_async
+    return True
+
+
 class KafkaConsumerTransport:
     """A group member with auto-commit off; ``commit`` is synchronous and takes next-offsets."""
 
@@ -176,6 +207,9 @@ class KafkaConsumerTransport:
                 **settings.kafka_security(),
             )
         )
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is not None:
+            keep_completed_joins(coordinator)
         self._guard = UndecodableGuard(
             self._consumer,
             log if log is not None else structlog.get_logger(),
@@ -219,7 +253,7 @@ class KafkaConsumerTransport:
         # in flight at the wrong moment (its IO thread has not yet cleared the previous fetch) it sleeps
         # min(timeout, retry_backoff_ms = 100 ms) instead of waiting for data, which showed up as 100 ms latency
         # spikes at low load. Not while joining: short polls made kafka-python's join take 3-12 s against tansu
-        # instead of 3 s. Not when quiet (no records for _QUIET_AFTER_S): each kafka-python 3 poll that waits costs
+        # instead of 3 s (each slice was a chance to lose a completed join; see keep_completed_joins). Not when quiet (no records for _QUIET_AFTER_S): each kafka-python 3 poll that waits costs
         # ~1.1 ms of CPU across the caller and the client's IO thread, and 5 ms slices kept an idle worker at
         # ~22 % of a core (unsliced: ~11 %); the first record after a quiet spell may meet that 100 ms sleep.
         timeout_ms = max(0, int(timeout_s * 1000))
