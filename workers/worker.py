@@ -17,9 +17,10 @@ is down: the loop pauses the input partitions and keeps polling.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,23 @@ class Prepared:
     stats: Outgoing
     queue_s: float
     process_s: float
+
+
+@contextlib.contextmanager
+def no_collection() -> Iterator[None]:
+    """No cyclic garbage collection while a batch is processed. A 1024-record batch allocates ~10 container objects
+    per record (parsed inputs, rows, output documents), so the collector ran ~15 times inside every batch and
+    traversed everything the batch had made so far, at once surviving into older generations: 17 % of
+    ``process_batch`` in a profile of the worker draining a backlog. Those objects are freed by reference counting
+    when the batch is done; a collection that is due runs at the first allocation after the batch."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def pipeline_config(s: WorkerSettings) -> PipelineConfig:
@@ -184,11 +202,12 @@ class Worker:
         first_ts_ms = batch.records[0].timestamp_ms
         if first_ts_ms > 0:
             self.metrics.fetch_lag.observe(max(0.0, batch.first_wall - first_ts_ms / 1000.0))
-        out = process_batch(batch.records, self.runtime, self.routing, self.pcfg)
-        self.batches += 1
-        stats = stats_record(
-            self.s.stats_topic, out.stats, self.s.worker_id, batch.first_wall, time.time(), self.batches
-        )
+        with no_collection():
+            out = process_batch(batch.records, self.runtime, self.routing, self.pcfg)
+            self.batches += 1
+            stats = stats_record(
+                self.s.stats_topic, out.stats, self.s.worker_id, batch.first_wall, time.time(), self.batches
+            )
         return Prepared(batch.records, out, stats, t_start - batch.first_at, time.monotonic() - t_start)
 
     def submit(self, p: Prepared) -> None:
@@ -321,4 +340,4 @@ class Worker:
         return self.exit_code
 
 
-__all__ = ["BottomLogLimiter", "ModelErrorLog", "Prepared", "Worker", "pipeline_config"]
+__all__ = ["BottomLogLimiter", "ModelErrorLog", "Prepared", "Worker", "no_collection", "pipeline_config"]
