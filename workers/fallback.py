@@ -8,7 +8,7 @@ the action becomes ``reject`` (no value is better than an invented one).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -128,6 +128,16 @@ class FallbackChain:
     def observe(self, entity: str, value: list[float], now: float) -> None:
         for c in self._observers:
             c.observe(entity, value, now)
+
+    def observe_latest(self, latest: Mapping[str, list[float]], now: float) -> None:
+        """Show the observers the latest accepted value of each entity, ``latest`` ordered by each entity's last
+        accepted row. The pipeline gathers a batch's rows this way and calls it before the chain next decides: a
+        controller that keeps the latest value per entity (``hold_last``, least recently updated first out) ends
+        up as if it had observed every row in turn, as long as an entity's values keep their width (one model
+        output per group), at one call per entity instead of one per row."""
+        for c in self._observers:
+            for entity, value in latest.items():
+                c.observe(entity, value, now)
 
     def decide(self, entity: str, width: int, now: float) -> Decision | None:
         for c in self.controllers:

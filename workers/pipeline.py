@@ -34,6 +34,7 @@ from workers.records import (
     STATS_LABEL_VALUE_MAX_CHARS,
     BatchStats,
     Outgoing,
+    OutputContext,
     Provenance,
     Tally,
     dlq_record,
@@ -314,27 +315,20 @@ class Route:
     external: bool = False
 
 
-def route(status: str, entity: str, value: list[float | None], width: int, routing: Routing, now: float) -> Route:
-    """The policy for the row's status; ``fallback`` asks the controllers in order and becomes ``reject`` when none
-    can act. An accepted ok value is shown to the controllers that remember (``hold_last``)."""
-    action = routing.policy(status)
-    chain = routing.chain
-    if action == "fallback":
-        d = chain.decide(entity, width, now)
-        if d is None:
-            return Route("reject")
-        return Route("fallback", d.controller, d.value, d.external)
-    if status == "ok" and action == "accept" and chain.has_observers:
-        chain.observe(entity, value, now)  # type: ignore[arg-type]  # ok rows hold no None
-    return Route(action)
+#: the route of every row whose policy is not ``fallback`` (nothing to decide; the pipeline takes it as is)
+_ACCEPT, _REJECT = Route("accept"), Route("reject")
+
+
+def fallback_route(entity: str, width: int, chain: FallbackChain, now: float) -> Route:
+    """``fallback``: the controllers in order; ``reject`` when none can act."""
+    d = chain.decide(entity, width, now)
+    if d is None:
+        return _REJECT
+    return Route("fallback", d.controller, d.value, d.external)
 
 
 # --- tally ------------------------------------------------------------------------------------------------------
-def _tally(stats: BatchStats, status: str, r: Route, labels: dict[str, str], cfg: PipelineConfig) -> None:
-    stats.counts.count(status, r.action)
-    if r.action == "fallback":
-        name = r.controller or ""
-        stats.fallback_by[name] = stats.fallback_by.get(name, 0) + 1
+def _tally_labels(stats: BatchStats, status: str, action: str, labels: dict[str, str], cfg: PipelineConfig) -> None:
     for label in cfg.stats_labels:
         lv = labels.get(label)
         if lv is None:
@@ -343,7 +337,7 @@ def _tally(stats: BatchStats, status: str, r: Route, labels: dict[str, str], cfg
         lv = lv[:STATS_LABEL_VALUE_MAX_CHARS]
         if lv not in values and len(values) >= cfg.stats_max_label_values:
             lv = OTHER_LABEL_VALUE
-        values.setdefault(lv, Tally()).count(status, r.action)
+        values.setdefault(lv, Tally()).count(status, action)
 
 
 # --- the batch --------------------------------------------------------------------------------------------------
@@ -410,29 +404,71 @@ def process_batch(
 def _encode(
     d: Decoded, runtime: ModelRuntime, routing: Routing, cfg: PipelineConfig, out: BatchOutcome, now: float
 ) -> None:
-    """Route each row, then write its output, its fallback request and its review record."""
-    mv, ti, tt = runtime.model_version, runtime.config.tau_infer, runtime.config.tau_train
+    """Route each row, then write its output, its fallback request and its review record.
+
+    Per row only what differs between rows: the common row (ok, accepted) is one dictionary lookup for its policy
+    and its output record. Counts are taken for the whole group; accepted values reach the fallback controllers
+    once per entity (the latest), before the chain is next asked to decide (``FallbackChain.observe_latest``);
+    an entity derived from a Kafka key is decoded once per key."""
+    c = OutputContext(
+        cfg.output_topic, runtime.model_version, runtime.config.tau_infer, runtime.config.tau_train, cfg.worker_id
+    )
     width = len(d.values[0]) if d.values else 0
     delivery, stats = out.delivery, out.stats
-    sends = delivery.sends
-    for i, (rec, msg) in enumerate(d.group):
-        status, value = d.status[i], d.values[i]
-        entity = msg.entity if msg.entity is not None else (entity_from_key(rec.key) if rec.key else None)
-        r = route(status, entity or "", value, width, routing, now)
-        _tally(stats, status, r, msg.labels, cfg)
-        prov = Provenance(mv, ti, tt, rec.topic, rec.partition, rec.offset, cfg.worker_id)
-        bottom, gap = d.bottom[i], d.gap[i]
-        sends.append(
-            output_record(
-                cfg.output_topic, rec, msg, entity, prov, value, bottom, gap, status, r.action, r.controller, r.value
+    send = delivery.sends.append
+    chain = routing.chain
+    policy = {"ok": routing.ok, "gap": routing.gap, "bottom": routing.bottom}
+    observing = routing.ok == "accept" and chain.has_observers
+    latest: dict[str, list[float]] = {}  # accepted values not yet shown to the chain, by last occurrence
+    key_entities: dict[bytes, str] = {}
+    labelled = bool(cfg.stats_labels)
+    counts = stats.counts
+    rows = zip(d.group, d.status, d.values, d.bottom, d.gap, strict=True)
+    for i, ((rec, msg), status, value, bottom, gap) in enumerate(rows):
+        entity = msg.entity
+        if entity is None and rec.key:
+            entity = key_entities.get(rec.key)
+            if entity is None:
+                entity = key_entities[rec.key] = entity_from_key(rec.key)
+        action = policy[status]
+        r = _ACCEPT
+        if action == "fallback":
+            if latest:
+                chain.observe_latest(latest, now)
+                latest.clear()
+            r = fallback_route(entity or "", width, chain, now)
+            action = r.action
+            if action == "fallback":
+                counts.fallback += 1
+                name = r.controller or ""
+                stats.fallback_by[name] = stats.fallback_by.get(name, 0) + 1
+            else:
+                counts.rejected += 1
+        elif action == "reject":
+            counts.rejected += 1
+        elif observing and status == "ok":
+            e = entity or ""
+            latest.pop(e, None)
+            latest[e] = value  # type: ignore[assignment]  # ok rows hold no None
+        if labelled and msg.labels:
+            _tally_labels(stats, status, action, msg.labels, cfg)
+        send(output_record(c, rec, msg, entity, value, bottom, gap, status, action, r.controller, r.value))
+        if r.external or status == "bottom":
+            prov = Provenance(
+                c.model_version, c.tau_infer, c.tau_train, rec.topic, rec.partition, rec.offset, c.worker_id
             )
-        )
-        delivery.input_timestamps_ms.append(rec.timestamp_ms)
-        if r.external:
-            sends.append(fallback_request(cfg.fallback_topic, rec, msg, entity, prov, value, bottom, gap, status))
-        if status == "bottom":
-            delivery.reviews.append(
-                review_item(rec, msg, entity, prov, d.N[i], d.D[i], value, bottom, gap, d.nonfinite[i], now)
-            )
-            out.bottoms.append(BottomEvent(msg.id, entity, rec.topic, rec.partition, rec.offset, sum(bottom)))
-    stats.outputs += len(d.group)
+            if r.external:
+                send(fallback_request(cfg.fallback_topic, rec, msg, entity, prov, value, bottom, gap, status))
+            if status == "bottom":
+                delivery.reviews.append(
+                    review_item(rec, msg, entity, prov, d.N[i], d.D[i], value, bottom, gap, d.nonfinite[i], now)
+                )
+                out.bottoms.append(BottomEvent(msg.id, entity, rec.topic, rec.partition, rec.offset, sum(bottom)))
+    if latest:
+        chain.observe_latest(latest, now)
+    n = len(d.group)
+    counts.total += n
+    counts.bottom += d.status.count("bottom")
+    counts.gap += d.status.count("gap")
+    delivery.input_timestamps_ms.extend([rec.timestamp_ms for rec, _ in d.group])
+    stats.outputs += n

@@ -253,7 +253,8 @@ class KafkaConsumerTransport:
         # in flight at the wrong moment (its IO thread has not yet cleared the previous fetch) it sleeps
         # min(timeout, retry_backoff_ms = 100 ms) instead of waiting for data, which showed up as 100 ms latency
         # spikes at low load. Not while joining: short polls made kafka-python's join take 3-12 s against tansu
-        # instead of 3 s (each slice was a chance to lose a completed join; see keep_completed_joins). Not when quiet (no records for _QUIET_AFTER_S): each kafka-python 3 poll that waits costs
+        # instead of 3 s (each gap between slices was a chance to lose a completed join: keep_completed_joins).
+        # Not when quiet (no records for _QUIET_AFTER_S): each kafka-python 3 poll that waits costs
         # ~1.1 ms of CPU across the caller and the client's IO thread, and 5 ms slices kept an idle worker at
         # ~22 % of a core (unsliced: ~11 %); the first record after a quiet spell may meet that 100 ms sleep.
         timeout_ms = max(0, int(timeout_s * 1000))
