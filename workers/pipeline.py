@@ -143,8 +143,8 @@ def _has_nonfinite_literal(raw: bytes) -> bool:
     pydantic-core rejects them in the fields it validates but skips ignored fields; this second look runs only
     when the bytes contain such a word, and the stdlib parser tells a literal from the same word in a string.
     """
-    if b"NaN" not in raw and b"Infinity" not in raw:
-        return False
+    if (b"N" not in raw and b"I" not in raw) or (b"NaN" not in raw and b"Infinity" not in raw):
+        return False  # one byte scan (memchr) settles most inputs: no capital N or I, no such literal
     try:
         json.loads(raw, parse_constant=_reject_constant)
     except ValueError:
@@ -159,19 +159,20 @@ def parse(
     by_width: dict[int, list[tuple[Record, InputMessage]]] = {}
     validate = InputMessage.__pydantic_validator__.validate_json  # the classmethod wrapper costs ~20% more
     for rec in records:
-        if not rec.value:
+        value, key = rec.value, rec.key
+        if not value:
             reject(rec, "empty", "message has no value")
             continue
-        size = record_size(rec)
+        size = record_size(rec) if rec.headers else len(value) + (len(key) if key else 0)
         if size > max_message_bytes:
             reject(rec, "too_large", f"{size} bytes with key and headers, the limit is {max_message_bytes}")
             continue
         try:
-            msg = validate(rec.value)
+            msg = validate(value)
         except ValidationError as exc:
             reject(rec, *_classify(exc))
             continue
-        if _has_nonfinite_literal(rec.value):
+        if _has_nonfinite_literal(value):
             reject(rec, "non_finite_literal", "NaN/Infinity literal (not JSON) in an unvalidated field")
             continue
         by_width.setdefault(len(msg.features), []).append((rec, msg))
@@ -195,6 +196,15 @@ def _features_array(rows: Sequence[list[float | int | None]], width: int) -> np.
                     except OverflowError:
                         out[i, j] = math.inf if v > 0 else -math.inf
         return out
+
+
+def _mask_rows(mask: Tensor) -> list[list[bool]]:
+    """Per-row lists of a (B, W) mask. A mask with no True (the gap mask of most batches, the ⊥ mask of nearly all)
+    gives the same all-False list for every row: the rows are only ever serialised, never changed."""
+    if not bool(mask.any()):
+        return [[False] * mask.shape[1]] * mask.shape[0]
+    rows: list[list[bool]] = mask.cpu().tolist()
+    return rows
 
 
 def _row_status(bottom: Tensor, gap: Tensor) -> tuple[Tensor, Tensor]:
@@ -293,8 +303,8 @@ def decode(
     out = Decoded(
         group=group,
         values=decoded.cpu().tolist(),
-        bottom=bottom.cpu().tolist(),
-        gap=gap.cpu().tolist(),
+        bottom=_mask_rows(bottom),
+        gap=_mask_rows(gap),
         status=["bottom" if b else ("gap" if g else "ok") for b, g in zip(rb_l, rg_l, strict=True)],
         nonfinite=bad.tolist(),
         N=N_rows,
