@@ -51,9 +51,46 @@ class InFlight:
     replaced: set[int] = field(default_factory=set)
     #: indices of sends refused together with their produce request, now being tried alone (isolated producer)
     isolated: set[int] = field(default_factory=set)
+    #: every handle before this index has been seen done: acknowledged for good, or listed in ``watch``
+    seen: int = 0
+    #: indices below ``seen`` whose current handle is not acknowledged: failed, or replaced and not yet done
+    watch: set[int] = field(default_factory=set)
+
+    def scan(self) -> None:
+        """Move ``seen`` over the handles that are done, in send order, stopping at the first one that is not (the
+        client acknowledges in about that order), and forget the watched ones acknowledged since: each handle is
+        asked about once while it is pending, however many times the loop calls, instead of every handle of every
+        batch at every step (that was ~3 000 calls per step with a 1024-record batch in flight)."""
+        hs = self.handles
+        i, n = self.seen, len(hs)
+        while i < n:
+            h = hs[i]
+            if not h.done():
+                break
+            if h.error() is not None:
+                self.watch.add(i)
+            i += 1
+        self.seen = i
+        if self.watch:
+            self.watch = {j for j in self.watch if not (hs[j].done() and hs[j].error() is None)}
+
+    def failed(self) -> list[int]:
+        """Indices whose send is done with an error (after :meth:`scan`)."""
+        hs = self.handles
+        return sorted(j for j in self.watch if hs[j].done() and hs[j].error() is not None)
+
+    def resent(self, i: int) -> None:
+        """Handle ``i`` was replaced by a new send: watch it if the scan has passed it."""
+        if i < self.seen:
+            self.watch.add(i)
+
+    def all_done(self) -> bool:
+        """Every send is done (acknowledged or failed), after :meth:`scan`."""
+        return self.seen == len(self.handles) and all(self.handles[j].done() for j in self.watch)
 
     def sends_acked(self) -> bool:
-        return all(h.done() and h.error() is None for h in self.handles)
+        """Every send acknowledged without error, after :meth:`scan`."""
+        return self.seen == len(self.handles) and not self.watch
 
 
 class Checkpoint:
@@ -166,9 +203,10 @@ class Checkpoint:
         ``replace_refused`` makes of it (a small DLQ record), so the batch can become durable. A refusal that may
         belong to another record of the same produce request is not final yet: the record is tried again alone,
         on an isolated producer, and replaced only if refused there too."""
-        for i, h in enumerate(batch.handles):
-            if i in batch.replaced or not h.done():
+        for i in batch.failed():
+            if i in batch.replaced:
                 continue
+            h = batch.handles[i]
             err = h.error()
             if not isinstance(err, RecordRefusedError):
                 continue
@@ -178,11 +216,13 @@ class Checkpoint:
                     batch.isolated.add(i)
                     s = batch.sends[i]
                     batch.handles[i] = isolated.send(s.topic, s.key, s.value, s.headers)
+                    batch.resent(i)
                     continue
             old = batch.sends[i]
             new = batch.sends[i] = self.replace_refused(old, err)
             batch.replaced.add(i)
             batch.handles[i] = self.producer.send(new.topic, new.key, new.value, new.headers)
+            batch.resent(i)
             self.refused += 1
             self.metrics.refused.labels(old.kind).inc()
             if self.refused <= 10 or self.refused % 1000 == 0:
@@ -201,7 +241,7 @@ class Checkpoint:
         self._replace_refused(batch)
         if now < batch.next_send_retry:
             return
-        failed = [i for i, h in enumerate(batch.handles) if h.done() and h.error() is not None]
+        failed = batch.failed()
         if not failed:
             return
         batch.send_attempts += 1
@@ -214,12 +254,13 @@ class Checkpoint:
             s = batch.sends[i]
             via = isolated if isolated is not None and i in batch.isolated else self.producer
             batch.handles[i] = via.send(s.topic, s.key, s.value, s.headers)
+            batch.resent(i)
         batch.next_send_retry = now + self.backoff.delay(batch.send_attempts)
 
     def _watch_stall(self, b: InFlight, now: float) -> None:
         """Sends unacknowledged for ``stall_s`` (the client normally answers in milliseconds): first flush,
         then replace the producer and re-send what is outstanding. Duplicates are possible, loss is not."""
-        if now - b.created < self.stall_s * (b.stall_level + 1) or all(h.done() for h in b.handles):
+        if now - b.created < self.stall_s * (b.stall_level + 1) or b.all_done():
             return
         b.stall_level += 1
         self.metrics.error("kafka_produce_stall")
@@ -251,6 +292,7 @@ class Checkpoint:
                 if not h.done() or (err is not None and not isinstance(err, RecordRefusedError)):
                     s = p.sends[i]
                     p.handles[i] = self.producer.send(s.topic, s.key, s.value, s.headers)
+                    p.resent(i)
 
     def progress(self, commit: bool = True) -> int:
         """Advance retries, move the durable prefix to ``uncommitted``, commit it. Returns batches completed."""
@@ -261,7 +303,9 @@ class Checkpoint:
         for b in self.pending:
             if not b.reviews_done and now >= b.next_review_try:
                 self._write_reviews(b, now)
-            self._retry_failed_sends(b, now)
+            b.scan()
+            if b.watch:
+                self._retry_failed_sends(b, now)
         if self.pending:
             self._watch_stall(self.pending[0], now)
         done = 0
