@@ -226,6 +226,8 @@ class ConfluentConsumerTransport:
             msgs.extend(consumer.consume(max_records - 1, 0))
         out: list[Record] = []
         append = out.append
+        # tuple.__new__ directly: 114 ns a record where Record(...) (a Python-level __new__) takes 244 ns
+        new: Any = tuple.__new__
         failed: dict[TopicPartition, int] | None = None
         for m in msgs:
             err = m.error()
@@ -233,7 +235,21 @@ class ConfluentConsumerTransport:
                 failed = self._on_consumed_error(m, err, failed)
                 continue
             ts_type, ts = m.timestamp()
-            append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), ts if ts_type else 0, _headers(m)))
+            h = m.headers()
+            append(
+                new(
+                    Record,
+                    (
+                        m.topic(),
+                        m.partition(),
+                        m.offset(),
+                        m.key(),
+                        m.value(),
+                        ts if ts_type else 0,
+                        tuple((k, v if v is not None else b"") for k, v in h) if h else (),
+                    ),
+                )
+            )
         if failed:
             # nothing at or after a failing offset of its partition is handed out (there should be none)
             out = [r for r in out if r.offset < failed.get(r.tp, r.offset + 1)]
@@ -333,11 +349,6 @@ class ConfluentConsumerTransport:
     def close(self) -> None:
         # leaves the group: librdkafka calls the revoke callback (the listener commits what is durable)
         self._consumer.close()
-
-
-def _headers(m: Any) -> tuple[tuple[str, bytes], ...]:
-    h = m.headers()
-    return tuple((k, v if v is not None else b"") for k, v in h) if h else ()
 
 
 def _classified(err: Any, certain: bool) -> BaseException:
@@ -452,11 +463,13 @@ class ConfluentProducerTransport:
         self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] = ()
     ) -> DeliveryHandle:
         handle = _Delivery(self)
-        hdrs = list(headers) or None
         deadline: float | None = None
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=hdrs, on_delivery=handle)
+                if headers:
+                    self._producer.produce(topic, value, key, headers=list(headers), on_delivery=handle)
+                else:
+                    self._producer.produce(topic, value, key, on_delivery=handle)
                 return handle
             except BufferError as exc:  # librdkafka's queue is full: wait for room, bounded like kafka-python
                 now = time.monotonic()
