@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from service.review import ReviewItem
-from service.wire import OTHER_LABEL_VALUE, InputMessage, ShadowCounts
+from service.wire import INPUT, OTHER_LABEL_VALUE, InputMessage, ShadowCounts
 from workers.fallback import FallbackChain
 from workers.model import ModelOutputError, ModelRuntime
 from workers.records import (
@@ -159,7 +159,7 @@ def parse(
 ) -> dict[int, list[tuple[Record, InputMessage]]]:
     """Valid inputs grouped by feature count; every other record goes to ``reject`` with its reason."""
     by_width: dict[int, list[tuple[Record, InputMessage]]] = {}
-    validate = InputMessage.__pydantic_validator__.validate_json  # the classmethod wrapper costs ~20% more
+    validate = INPUT.validator.validate_json  # the TypeAdapter's own method costs ~20% more
     for rec in records:
         value, key = rec.value, rec.key
         if not value:
@@ -177,7 +177,7 @@ def parse(
         if _has_nonfinite_literal(value):
             reject(rec, "non_finite_literal", "NaN/Infinity literal (not JSON) in an unvalidated field")
             continue
-        by_width.setdefault(len(msg.features), []).append((rec, msg))
+        by_width.setdefault(len(msg["features"]), []).append((rec, msg))
     return by_width
 
 
@@ -266,7 +266,7 @@ def decode(
     """One forward and one strict decode for the group; ``None`` when every row failed in the model."""
     t0 = time.perf_counter()
     with np.errstate(over="ignore"):  # a float32 overflow becomes inf, i.e. a ⊥ input: intended
-        x = _features_array([m.features for _, m in group], width).astype(np.float32)
+        x = _features_array([m["features"] for _, m in group], width).astype(np.float32)
     bad: np.ndarray[Any, Any] = np.asarray(~np.isfinite(x).all(axis=1))  # null, NaN or float32 overflow: ⊥
     if bad.any():
         x[bad] = 0.0
@@ -437,7 +437,7 @@ def _encode(
     counts = stats.counts
     rows = zip(d.group, d.status, d.values, d.bottom, d.gap, strict=True)
     for i, ((rec, msg), status, value, bottom, gap) in enumerate(rows):
-        entity = msg.entity
+        entity = msg.get("entity")
         if entity is None and rec.key:
             entity = key_entities.get(rec.key)
             if entity is None:
@@ -462,8 +462,8 @@ def _encode(
             e = entity or ""
             latest.pop(e, None)
             latest[e] = value  # type: ignore[assignment]  # ok rows hold no None
-        if labelled and msg.labels:
-            _tally_labels(stats, status, action, msg.labels, cfg)
+        if labelled and msg.get("labels"):
+            _tally_labels(stats, status, action, msg["labels"], cfg)
         send(output_record(c, rec, msg, entity, value, bottom, gap, status, action, r.controller, r.value))
         if r.external or status == "bottom":
             prov = Provenance(
@@ -475,7 +475,7 @@ def _encode(
                 delivery.reviews.append(
                     review_item(rec, msg, entity, prov, d.N[i], d.D[i], value, bottom, gap, d.nonfinite[i], now)
                 )
-                out.bottoms.append(BottomEvent(msg.id, entity, rec.topic, rec.partition, rec.offset, sum(bottom)))
+                out.bottoms.append(BottomEvent(msg["id"], entity, rec.topic, rec.partition, rec.offset, sum(bottom)))
     if latest:
         chain.observe_latest(latest, now)
     n = len(d.group)

@@ -17,7 +17,16 @@ from typing import Any, NamedTuple
 import orjson
 
 from service.review import ReviewItem
-from service.wire import DLQ_SCHEMA, OUTPUT_SCHEMA, Counts, InputMessage, ShadowCounts, StatsMessage
+from service.wire import (
+    DLQ_SCHEMA,
+    NO_LABELS,
+    OUTPUT_SCHEMA,
+    Counts,
+    InputMessage,
+    ShadowCounts,
+    StatsMessage,
+    input_document,
+)
 from workers.settings import RECORD_OVERHEAD_BYTES
 from workers.transport.base import Record, RecordRefusedError
 
@@ -208,7 +217,7 @@ def output_record(
 ) -> Outgoing:
     doc: dict[str, Any] = {
         "schema": OUTPUT_SCHEMA,
-        "id": msg.id,
+        "id": msg["id"],
         "entity": entity,
         "value": value,
         "bottom": bottom,
@@ -225,8 +234,8 @@ def output_record(
         "partition": rec.partition,
         "offset": rec.offset,
         "worker_id": c.worker_id,
-        "ts": msg.ts,
-        "labels": msg.labels,
+        "ts": msg.get("ts"),
+        "labels": msg.get("labels", NO_LABELS),
     }
     return Outgoing(c.topic, rec.key, dumps(doc), (), "output", f"{rec.topic}:{rec.partition}:{rec.offset}")
 
@@ -244,10 +253,10 @@ def fallback_request(
 ) -> Outgoing:
     """What the external fallback controller gets: the input's features and the model's own decode."""
     req = {
-        "id": msg.id,
+        "id": msg["id"],
         "entity": entity,
         "status": status,
-        "features": msg.features,
+        "features": msg["features"],
         "model_value": value,
         "bottom": bottom,
         "gap": gap,
@@ -271,9 +280,9 @@ def review_item(
 ) -> ReviewItem:
     """The ⊥ input for the review log: input, N, D, masks, decode, thresholds, source (contract §3)."""
     review = {
-        "id": msg.id,
+        "id": msg["id"],
         "entity": entity,
-        "input": msg.model_dump(mode="json"),
+        "input": input_document(msg),
         "key": rec.key.decode("utf-8", "replace") if rec.key is not None else None,
         "N": N,
         "D": D,
@@ -284,7 +293,7 @@ def review_item(
         **prov.fields(),
         "recorded_at": now,
     }
-    return ReviewItem(msg.id, prov.source, dumps(review), now)
+    return ReviewItem(msg["id"], prov.source, dumps(review), now)
 
 
 @dataclass(slots=True)
