@@ -91,6 +91,11 @@ class Producer(Protocol):
 
     def flush(self, timeout_s: float) -> None: ...
 
+    def expedite(self) -> None:
+        """Send what was handed to the client now, not after its linger: called once a whole batch (outputs and
+        stats record) has been handed over, so it leaves in one produce request without waiting. Never blocks."""
+        ...
+
     def close(self, timeout_s: float) -> None: ...
 
     def broken(self) -> bool:
