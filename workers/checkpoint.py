@@ -140,8 +140,10 @@ class Checkpoint:
         """True while a batch waits on a retry (Redis or a failed send): the downstream is slow or down."""
         return any((b.review_attempts > 0 and not b.reviews_done) or b.send_attempts > 0 for b in self.pending)
 
-    def submit(self, delivery: Delivery, extra: Iterable[Outgoing] = ()) -> InFlight:
-        """Send everything the batch produced and start its Redis write; returns immediately."""
+    def submit(self, delivery: Delivery, extra: Iterable[Outgoing] = (), expedite_s: float = 0.0) -> InFlight:
+        """Send everything the batch produced and start its Redis write. ``expedite_s`` > 0 (the loop has nothing
+        else to do): the batch leaves at once rather than after the producer's linger, which may take that long
+        (``Producer.expedite``); otherwise returns immediately."""
         self._seq += 1
         sends = list(delivery.sends)
         sends.extend(extra)
@@ -149,7 +151,6 @@ class Checkpoint:
         # kafka-python's flush(0) would not cut a longer linger short (it drops its flush flag when the zero
         # timeout expires; measured: linger 5 ms → every ack 6.5 ms).
         handles = [self.producer.send(s.topic, s.key, s.value, s.headers) for s in sends]
-        self.producer.expedite()  # the whole batch is with the client: out in one request, without the linger
         batch = InFlight(
             self._seq,
             dict(delivery.offsets),
@@ -159,6 +160,8 @@ class Checkpoint:
             delivery.reviews,
             input_timestamps_ms=delivery.input_timestamps_ms,
         )
+        if expedite_s > 0:
+            self.producer.expedite(expedite_s)
         self._write_reviews(batch, time.monotonic())
         self.pending.append(batch)
         self._gauges()

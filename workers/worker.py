@@ -41,6 +41,9 @@ from workers.transport.base import Consumer, Producer, ProducerFactory, Record, 
 
 #: Poll timeout while nothing is buffered (the loop also wakes for acks, reloads and signals).
 _IDLE_POLL_S = 0.1
+#: After a batch, with nothing else to process: how long the loop may wait for the batch to leave the client at once
+#: rather than after its linger (``Producer.expedite``; librdkafka's shortest flush)
+_EXPEDITE_S = 0.001
 
 
 @dataclass
@@ -134,6 +137,8 @@ class Worker:
         #: partitions assigned by the last rebalance, to restart from their commits in the loop's thread
         self.seek_pending: set[TopicPartition] = set()
         self.batches = 0
+        #: the last poll returned fewer records than it could take: no backlog waits in the client
+        self.caught_up = True
         self.exit_code = 0
 
     @property
@@ -211,7 +216,11 @@ class Worker:
         return Prepared(batch.records, out, stats, t_start - batch.first_at, time.monotonic() - t_start)
 
     def submit(self, p: Prepared) -> None:
-        self.checkpoint.submit(p.out.delivery, [p.stats])
+        # Caught up with the input (the last poll returned less than it could take), nothing buffered or prepared: the
+        # loop would only wait, so the batch need not wait out the producer's linger. Not while draining a backlog:
+        # there a poll returns a full batch, and the wait would come out of the throughput.
+        idle = self.caught_up and self.batcher.buffered == 0 and self.prepared is None
+        self.checkpoint.submit(p.out.delivery, [p.stats], expedite_s=_EXPEDITE_S if idle else 0.0)
         out = p.out
         self.metrics.batch_processed(len(p.records), out.stats, p.queue_s, p.process_s)
         if out.bottoms:
@@ -275,7 +284,9 @@ class Worker:
         # is failing; keep polling (paused) so the group membership and max_poll_interval stay healthy.
         full = self.batcher.room <= 0 and self.prepared is not None
         self.flow.set(full or self.checkpoint.blocked_downstream, self.checkpoint.in_flight)
+        room = self.batcher.room
         recs = self._poll(time.monotonic())
+        self.caught_up = len(recs) < room
         if self.seek_pending:
             recs = self._apply_seeks(recs)
         self.batcher.add(recs)

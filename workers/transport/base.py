@@ -91,9 +91,10 @@ class Producer(Protocol):
 
     def flush(self, timeout_s: float) -> None: ...
 
-    def expedite(self) -> None:
-        """Send what was handed to the client now, not after its linger: called once a whole batch (outputs and
-        stats record) has been handed over, so it leaves in one produce request without waiting. Never blocks."""
+    def expedite(self, wait_s: float) -> None:
+        """Send what was handed to the client now rather than after its linger; may block up to ``wait_s`` (a
+        client that can only cut its linger short from inside a flush waits there). The worker calls it after a
+        batch when it has nothing else to do."""
         ...
 
     def close(self, timeout_s: float) -> None: ...

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -72,9 +71,9 @@ _MAX_BLOCK_S = 10.0
 #: in many small produce requests; at 2 000 msg/s, 3 alternating pairs of runs gave p99 350/43/142 ms at 0 and
 #: 230/34/31 ms at 1 ms, on less CPU (docs/worker.md "Transports")
 _MIN_LINGER_MS = 1.0
-#: how long the expediting thread holds librdkafka in flush() (whole milliseconds: a shorter timeout is 0 there, and
-#: a flush that ends before the client's broker thread looks does not cut the linger short)
-_EXPEDITE_S = 0.001
+#: librdkafka's flush() timeout is in whole milliseconds (a shorter one is 0, and a flush that ends before the client's
+#: broker thread looks does not cut the linger short): ``expedite`` waits at least this long
+_MIN_FLUSH_S = 0.001
 #: delivery reports are asked of the client at most this often by ``done()`` (flush always serves them)
 _SERVE_EVERY_S = 0.0002
 #: a consumed error without a partition is logged at most this often
@@ -405,50 +404,6 @@ class _FailedHandle:
         return self._exc
 
 
-class _Expediter:
-    """Cuts librdkafka's linger short once a batch has been handed over, without blocking the worker's loop.
-
-    librdkafka sends a partition's records after ``linger.ms``, or at once while some thread is inside ``flush()``
-    (rd_kafka_flush raises a flag its broker threads read when they wake, then waits for the acknowledgements).
-    The 1 ms linger is what makes a batch and its stats record leave in one produce request at 2000 msg/s (with none,
-    p99 there went from 20-24 to 29-75 ms in this harness: more requests than the broker keeps up with); at 120 msg/s
-    it was 1-2 ms of every output's latency, as the output waited for a linger that nothing else would join. So the
-    checkpoint calls :meth:`kick` after each batch, and this thread runs a 1 ms ``flush()``: the batch leaves
-    complete and at once (measured: the output hop's median 4.6 -> 2.7 ms at 120 msg/s, p99 at 2000 msg/s 24-25 ->
-    17-20 ms, alternating runs). Delivery callbacks that come due meanwhile run on this thread: they only set
-    their handle's state."""
-
-    def __init__(self, producer: Any, log: Any) -> None:
-        self._producer = producer
-        self._log = log
-        self._kick = threading.Event()
-        self._stopping = False
-        self._failed = False
-        self._thread = threading.Thread(target=self._run, name="zeroproof-expedite", daemon=True)
-        self._thread.start()
-
-    def kick(self) -> None:
-        self._kick.set()
-
-    def _run(self) -> None:
-        while True:
-            self._kick.wait()
-            if self._stopping:
-                return
-            self._kick.clear()
-            try:
-                self._producer.flush(_EXPEDITE_S)
-            except Exception as exc:  # a closed or failed client: the loop finds out through its handles
-                if not self._failed:
-                    self._failed = True
-                    self._log.warning("producer_expedite_failed", error=repr(exc))
-
-    def stop(self, timeout_s: float = 1.0) -> None:
-        self._stopping = True
-        self._kick.set()
-        self._thread.join(timeout_s)
-
-
 class ConfluentProducerTransport:
     """Idempotent, acks=all producer; ``send`` never raises: a refused send is a failed handle.
 
@@ -482,7 +437,6 @@ class ConfluentProducerTransport:
         if isolated:
             cfg.update({"batch.num.messages": 1, "retries": 5})
         self._producer = Producer(cfg)
-        self._expediter: _Expediter | None = None
         # librdkafka connects in the background: make an unreachable broker an error here, as kafka-python's
         # constructor does, so start-up retries with a clear kafka_unreachable line
         try:
@@ -580,17 +534,19 @@ class ConfluentProducerTransport:
         # a timeout only means not everything is acknowledged yet: the handles say which
         self._producer.flush(max(0.0, timeout_s))
 
-    def expedite(self) -> None:
-        """The handed-over records leave now (see :class:`_Expediter`); the isolated producer has no linger."""
-        if self._isolated:
-            return
-        if self._expediter is None:
-            self._expediter = _Expediter(self._producer, self._log)
-        self._expediter.kick()
+    def expedite(self, wait_s: float) -> None:
+        """librdkafka sends a partition's records after ``linger.ms``, or at once while the application is inside
+        ``flush()`` (rd_kafka_flush raises a flag its broker threads read when they wake, then waits for the
+        acknowledgements and serves the delivery reports): so this flushes for ``wait_s`` (at least 1 ms). The 1 ms
+        linger is what lets a batch and its stats record, and batches close together, share a produce request at
+        2000 msg/s (with none, p99 there went from 20-24 to 29-75 ms in this harness: more requests than the broker
+        kept up with); at 120 msg/s it was 1-2 ms of every output's latency, waiting for a linger nothing would join
+        (measured with the worker expediting when idle: the output hop's median 4.6 -> 2.7 ms at 120 msg/s, p99 at
+        2000 msg/s 24-25 -> 17-20 ms, in alternating traced runs). The isolated producer has no linger."""
+        if not self._isolated:
+            self._producer.flush(max(_MIN_FLUSH_S, wait_s))
 
     def close(self, timeout_s: float) -> None:
-        if self._expediter is not None:
-            self._expediter.stop()
         # unacknowledged records were never committed: they will be redelivered. What is still queued after the
         # timeout is purged (its handles fail), so dropping the client does not wait for it.
         left = self._producer.flush(max(0.0, timeout_s))

@@ -496,9 +496,9 @@ class KafkaProducerTransport:
         with contextlib.suppress(KafkaTimeoutError):
             self._producer.flush(timeout=timeout_s)
 
-    def expedite(self) -> None:
+    def expedite(self, wait_s: float) -> None:
         """Nothing to do: kafka-python's sender takes a record at once with ``producer_linger_ms`` 0 (the default),
-        and its flush cannot cut a longer linger short without blocking (see Checkpoint.submit)."""
+        and its ``flush(0)`` does not cut a longer linger short (Checkpoint.submit)."""
 
     def close(self, timeout_s: float) -> None:
         # unacknowledged records were never committed: they will be redelivered

@@ -177,7 +177,7 @@ class InMemoryProducer:
         if not self.broker.hold_sends:
             self.broker.release()
 
-    def expedite(self) -> None:
+    def expedite(self, wait_s: float) -> None:
         return None  # sends are immediate (or held by the broker for the test)
 
     def close(self, timeout_s: float) -> None:
