@@ -200,27 +200,42 @@ def _features_array(rows: Sequence[list[float | int | None]], width: int) -> np.
         return out
 
 
-def _mask_rows(mask: Tensor) -> list[list[bool]]:
+Array = np.ndarray[Any, Any]
+
+
+def _host(t: Tensor) -> Array:
+    """``t`` as a numpy array on the host (no copy for a CPU float32/float64/bool tensor). What follows the decode
+    is a handful of operations on a few rows: a few µs each in torch (per-operation dispatch), under 1 µs in numpy,
+    which is most of a one-record batch's cost at low load. Half-precision outputs are widened (exactly)."""
+    t = t.detach().cpu()
+    if t.dtype not in (torch.float32, torch.float64, torch.bool):
+        t = t.float()
+    return t.numpy()
+
+
+def _mask_rows(mask: Array) -> list[list[bool]]:
     """Per-row lists of a (B, W) mask. A mask with no True (the gap mask of most batches, the ⊥ mask of nearly all)
     gives the same all-False list for every row: the rows are only ever serialised, never changed."""
-    if not bool(mask.any()):
+    if not mask.any():
         return [[False] * mask.shape[1]] * mask.shape[0]
-    rows: list[list[bool]] = mask.cpu().tolist()
+    rows: list[list[bool]] = mask.tolist()
     return rows
 
 
-def _row_status(bottom: Tensor, gap: Tensor) -> tuple[Tensor, Tensor]:
-    rb = bottom.any(dim=1)
-    rg = gap.any(dim=1) & ~rb
+def _row_status(bottom: Array, gap: Array) -> tuple[Array, Array]:
+    """Per row: ⊥ if any element is ⊥; gap if not ⊥ and any element is in the gap."""
+    rb: Array = np.asarray(bottom.any(axis=1))
+    rg: Array = np.asarray(gap.any(axis=1) & ~rb)
     return rb, rg
 
 
 def _shadow_counts(
-    N: Tensor, D: Tensor, bad_rows: Tensor | None, pairs: Sequence[tuple[float, float | None]]
+    N: Tensor, D: Tensor, bad_rows: Array | None, pairs: Sequence[tuple[float, float | None]]
 ) -> list[ShadowCounts]:
     out = []
     for ti, tt in pairs:
-        _, b, g = strict_inference(N, D, InferenceConfig(tau_infer=ti, tau_train=tt))
+        _, bt, gt = strict_inference(N, D, InferenceConfig(tau_infer=ti, tau_train=tt))
+        b, g = _host(bt), _host(gt)
         if bad_rows is not None:
             b[bad_rows] = True
             g[bad_rows] = False
@@ -282,29 +297,30 @@ def decode(
         N, D = N.index_select(0, idx), D.index_select(0, idx)
         group = [group[i] for i in keep]
         bad = bad[keep]
-    decoded, bottom, gap = strict_inference(N, D, runtime.config)
-    bad_t: Tensor | None = None
-    if bad.any():
-        bad_t = torch.from_numpy(bad).to(N.device)
-        bottom[bad_t] = True
-        gap[bad_t] = False
-        decoded[bad_t] = float("nan")
-    stats.shadow.extend(_shadow_counts(N, D, bad_t, shadow_pairs))
-    stats.elements_total += bottom.numel()
+    decoded, bottom_t, gap_t = strict_inference(N, D, runtime.config)
+    values, bottom, gap = _host(decoded), _host(bottom_t), _host(gap_t)
+    any_bad = bool(bad.any())
+    if any_bad:
+        bottom[bad] = True
+        gap[bad] = False
+        values[bad] = np.nan
+    if shadow_pairs:
+        stats.shadow.extend(_shadow_counts(N, D, bad if any_bad else None, shadow_pairs))
+    stats.elements_total += int(bottom.size)
     stats.elements_bottom += int(bottom.sum())
     stats.elements_gap += int(gap.sum())
     rb, rg = _row_status(bottom, gap)
-    rb_l, rg_l = rb.cpu().tolist(), rg.cpu().tolist()
+    rb_l, rg_l = rb.tolist(), rg.tolist()
     bottom_rows = [i for i, b in enumerate(rb_l) if b]
     N_rows: dict[int, list[float]] = {}
     D_rows: dict[int, list[float]] = {}
     if bottom_rows:
-        N_cpu, D_cpu = N.cpu(), D.cpu()
-        N_rows = {i: N_cpu[i].tolist() for i in bottom_rows}
-        D_rows = {i: D_cpu[i].tolist() for i in bottom_rows}
+        N_host, D_host = _host(N), _host(D)
+        N_rows = {i: N_host[i].tolist() for i in bottom_rows}
+        D_rows = {i: D_host[i].tolist() for i in bottom_rows}
     out = Decoded(
         group=group,
-        values=decoded.cpu().tolist(),
+        values=values.tolist(),
         bottom=_mask_rows(bottom),
         gap=_mask_rows(gap),
         status=["bottom" if b else ("gap" if g else "ok") for b, g in zip(rb_l, rg_l, strict=True)],

@@ -216,3 +216,37 @@ def test_nesting_beyond_the_parser_limit_is_invalid_json_even_in_an_unknown_fiel
     assert [o["id"] for o in by_topic(out, "out")] == ["n"]
     [dlq] = by_topic(out, "dlq")
     assert (dlq["offset"], dlq["reason"]) == (1, "invalid_json") and "recursion limit" in dlq["detail"]
+
+
+class _HalfPrecision(nn.Module):
+    """N = x, D = x - 0.5 in a half-precision dtype: (x - 0.5) rounds to 0 near the pole."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.dtype)
+        return x, x - 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_outputs_decode_as_the_library_decodes_them(tmp_path: Path, dtype: torch.dtype) -> None:
+    """Outputs, masks and statuses of a half-precision model are the library's decode of its N and D, widened
+    exactly (numpy has no bfloat16: the pipeline widens before leaving torch)."""
+    s = WorkerSettings(model=known_pole_bundle(tmp_path / "kp.zpb"), tau_infer=1e-3, tau_train=1e-2)
+    servable = Servable(_HalfPrecision(dtype), None, "half-1", "torchscript", "0" * 64, 1, tmp_path / "kp.zpb")
+    rt = ModelRuntime(servable, InferenceConfig(tau_infer=1e-3, tau_train=1e-2), torch.device("cpu"), 1, (0.0, 0), None)
+    xs = [0.5, 0.5004, 0.505, 0.75, 3.0]
+    out = run([rec(msg(i, [x]), i) for i, x in enumerate(xs)], s, rt)
+    x = torch.tensor([[v] for v in xs]).to(dtype)
+    want_value, want_bottom, want_gap = strict_inference(x, x - 0.5, rt.config)
+    outs = sorted(by_topic(out, "out"), key=lambda o: int(o["id"]))
+    got_value = [o["value"][0] for o in outs]
+    assert [o["bottom"] for o in outs] == want_bottom.tolist()
+    assert [o["gap"] for o in outs] == want_gap.tolist()
+    assert got_value == [
+        None if b else v for v, b in zip(want_value.flatten().tolist(), want_bottom.flatten().tolist(), strict=True)
+    ]
+    statuses = [o["status"] for o in outs]
+    assert "bottom" in statuses and "ok" in statuses
