@@ -21,10 +21,9 @@ from service.wire import (
     DLQ_SCHEMA,
     NO_LABELS,
     OUTPUT_SCHEMA,
-    Counts,
+    STATS_SCHEMA,
     InputMessage,
     ShadowCounts,
-    StatsMessage,
     input_document,
 )
 from workers.settings import RECORD_OVERHEAD_BYTES
@@ -314,10 +313,15 @@ class Tally:
         self.fallback += action == "fallback"
         self.rejected += action == "reject"
 
-    def wire(self) -> Counts:
-        return Counts(
-            total=self.total, bottom=self.bottom, gap=self.gap, fallback=self.fallback, rejected=self.rejected
-        )
+    def wire(self) -> dict[str, int]:
+        """The wire ``Counts`` document."""
+        return {
+            "total": self.total,
+            "bottom": self.bottom,
+            "gap": self.gap,
+            "fallback": self.fallback,
+            "rejected": self.rejected,
+        }
 
 
 @dataclass
@@ -345,25 +349,29 @@ class BatchStats:
 def stats_record(
     topic: str, stats: BatchStats, worker_id: str, window_start: float, window_end: float, seq: int
 ) -> Outgoing:
-    """One per batch, keyed by worker id: the monitor's input (``StatsMessage``)."""
-    msg = StatsMessage(
-        worker_id=worker_id,
-        model_version=stats.model_version,
-        tau_infer=stats.tau_infer,
-        tau_train=stats.tau_train,
-        window_start=window_start,
-        window_end=window_end,
-        counts=stats.counts.wire(),
-        dlq=sum(stats.dlq.values()),
-        elements_total=stats.elements_total,
-        elements_bottom=stats.elements_bottom,
-        elements_gap=stats.elements_gap,
-        by_label={label: {v: t.wire() for v, t in values.items()} for label, values in stats.by_label.items()},
-        shadow=stats.shadow,
-        batch_seq=seq,
-        partitions=stats.spans,
-    )
-    return Outgoing(topic, worker_id.encode(), msg.model_dump_json(by_alias=True).encode(), (), "stats")
+    """One per batch, keyed by worker id: the monitor's input. The document is :class:`StatsMessage`, field for field
+    and byte for byte (tests/workers/test_records.py), written with orjson: building and dumping the model took
+    ~17 µs a batch, which is every record's cost at low load, where a batch is one record."""
+    doc = {
+        "schema": STATS_SCHEMA,
+        "worker_id": worker_id,
+        "model_version": stats.model_version,
+        "tau_infer": float(stats.tau_infer),
+        "tau_train": None if stats.tau_train is None else float(stats.tau_train),
+        "window_start": float(window_start),
+        "window_end": float(window_end),
+        "counts": stats.counts.wire(),
+        "dlq": sum(stats.dlq.values()),
+        "elements_total": stats.elements_total,
+        "elements_bottom": stats.elements_bottom,
+        "elements_gap": stats.elements_gap,
+        "by_label": {label: {v: t.wire() for v, t in values.items()} for label, values in stats.by_label.items()},
+        "by_label_dropped": False,
+        "shadow": [s.model_dump() for s in stats.shadow],
+        "batch_seq": seq,
+        "partitions": stats.spans,
+    }
+    return Outgoing(topic, worker_id.encode(), dumps(doc), (), "stats")
 
 
 def replace_refused(out: Outgoing, error: BaseException, dlq_topic: str, worker_id: str) -> Outgoing:
