@@ -57,8 +57,9 @@ class Routing:
     bottom: str
     chain: FallbackChain
 
-    def policy(self, status: str) -> str:
-        return self.bottom if status == "bottom" else self.gap if status == "gap" else self.ok
+    def policies(self) -> dict[str, str]:
+        """The action per status, for one lookup per row."""
+        return {"ok": self.ok, "gap": self.gap, "bottom": self.bottom}
 
 
 @dataclass
@@ -343,8 +344,9 @@ class Route:
     external: bool = False
 
 
-#: the route of every row whose policy is not ``fallback`` (nothing to decide; the pipeline takes it as is)
-_ACCEPT, _REJECT = Route("accept"), Route("reject")
+#: the route of a row whose policy is not ``fallback``: no controller acted (its action is the policy's)
+_NO_FALLBACK = Route("accept")
+_REJECT = Route("reject")
 
 
 def fallback_route(entity: str, width: int, chain: FallbackChain, now: float) -> Route:
@@ -445,7 +447,7 @@ def _encode(
     delivery, stats = out.delivery, out.stats
     send = delivery.sends.append
     chain = routing.chain
-    policy = {"ok": routing.ok, "gap": routing.gap, "bottom": routing.bottom}
+    policy = routing.policies()
     observing = routing.ok == "accept" and chain.has_observers
     latest: dict[str, list[float]] = {}  # accepted values not yet shown to the chain, by last occurrence
     key_entities: dict[bytes, str] = {}
@@ -459,7 +461,7 @@ def _encode(
             if entity is None:
                 entity = key_entities[rec.key] = entity_from_key(rec.key)
         action = policy[status]
-        r = _ACCEPT
+        r = _NO_FALLBACK
         if action == "fallback":
             if latest:
                 chain.observe_latest(latest, now)

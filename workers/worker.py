@@ -60,11 +60,11 @@ class Prepared:
 @contextlib.contextmanager
 def no_collection() -> Iterator[None]:
     """No cyclic garbage collection inside a step of the loop. A 1024-record batch allocates ~10 container objects
-    per record (parsed inputs, rows, output documents), so the collector ran ~15 times inside every batch and
-    traversed everything the batch had made so far, at once surviving into older generations: 17 % of
-    ``process_batch`` in a profile of the worker draining a backlog. Those objects are freed by reference counting
-    when the batch is done; a collection that is due runs at the first allocation after the step, when the
-    batch's outputs are already sent (not between computing them and sending them)."""
+    per record (parsed inputs, rows, output documents), so the collector ran ~15 times inside every batch over
+    everything the batch had made so far (a paired microbenchmark of ``prepare``: 0.92-0.95x the time without it).
+    Those objects are freed by reference counting when the batch is done; a collection that falls due runs at the
+    first allocation after the step, when the batch's outputs are already sent (not between computing and sending
+    them). Measured in a worker draining 300 000 inputs: ~0.2 s of collections in all, the start-up included."""
     if not gc.isenabled():
         yield
         return

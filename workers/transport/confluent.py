@@ -538,11 +538,10 @@ class ConfluentProducerTransport:
         """librdkafka sends a partition's records after ``linger.ms``, or at once while the application is inside
         ``flush()`` (rd_kafka_flush raises a flag its broker threads read when they wake, then waits for the
         acknowledgements and serves the delivery reports): so this flushes for ``wait_s`` (at least 1 ms). The 1 ms
-        linger is what lets a batch and its stats record, and batches close together, share a produce request at
-        2000 msg/s (with none, p99 there went from 20-24 to 29-75 ms in this harness: more requests than the broker
-        kept up with); at 120 msg/s it was 1-2 ms of every output's latency, waiting for a linger nothing would join
-        (measured with the worker expediting when idle: the output hop's median 4.6 -> 2.7 ms at 120 msg/s, p99 at
-        2000 msg/s 24-25 -> 17-20 ms, in alternating traced runs). The isolated producer has no linger."""
+        linger is what lets records close together share a produce request at 2000 msg/s (with none, p99 there went
+        from 20-24 to 29-75 ms in this harness: more requests than the broker kept up with); at 120 msg/s it was 1-2
+        ms of every output's latency, waiting for a linger nothing would join (docs/worker.md, "Transports"). The
+        isolated producer has no linger."""
         if not self._isolated:
             self._producer.flush(max(_MIN_FLUSH_S, wait_s))
 
