@@ -251,6 +251,8 @@ class Reader:
         )
         self.c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         self.arrivals: dict[str, float] = {}
+        #: each output's own timestamp (CreateTime: set by the app's producer when it produced the record), seconds
+        self.produced: dict[str, float] = {}
         self.count = 0
 
     def read(self, timeout_s: float = 0.05) -> int:
@@ -266,6 +268,9 @@ class Reader:
             i = orjson.loads(m.value()).get("id")
             if i is not None and i not in self.arrivals:
                 self.arrivals[i] = now
+                kind, ts_ms = m.timestamp()
+                if kind != 0 and ts_ms > 0:  # 0: TIMESTAMP_NOT_AVAILABLE
+                    self.produced[i] = ts_ms / 1000.0
         self.count += n
         return n
 
@@ -391,10 +396,36 @@ def percentiles(ms: list[float]) -> dict[str, float]:
     }
 
 
+def split(sent: np.ndarray, produced: np.ndarray, arrived: np.ndarray) -> dict[str, Any]:
+    """Where each message's latency went, from timestamps alone (every app is measured the same way): ``app`` =
+    the input's send → the app's producer stamping the output (the input hop, queueing and the app's work),
+    ``out_hop`` = that stamp → the reader has it (the output's linger, the broker's ack, the reader's fetch).
+    CreateTime has millisecond resolution. ``tail`` is the same split over the slowest 1 %, with how many distinct
+    20 ms windows of send time those messages fall in (few windows: stalls; many: spread-out queueing)."""
+    total = (arrived - sent) * 1000
+    app = (produced - sent) * 1000
+    hop = (arrived - produced) * 1000
+    out: dict[str, Any] = {
+        "app_p50_ms": round(float(np.percentile(app, 50)), 2),
+        "app_p99_ms": round(float(np.percentile(app, 99)), 2),
+        "out_hop_p50_ms": round(float(np.percentile(hop, 50)), 2),
+        "out_hop_p99_ms": round(float(np.percentile(hop, 99)), 2),
+    }
+    slow = total >= np.percentile(total, 99)
+    if slow.any():
+        out["tail"] = {
+            "messages": int(slow.sum()),
+            "app_median_ms": round(float(np.median(app[slow])), 2),
+            "out_hop_median_ms": round(float(np.median(hop[slow])), 2),
+            "send_windows_20ms": len(np.unique(np.floor(sent[slow] / 0.02))),
+        }
+    return out
+
+
 def worker_metrics_text(port: int) -> str:
     """The worker's /metrics page ("" if it cannot be read)."""
     try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        return str(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
     except OSError:
         return ""
 
@@ -440,6 +471,13 @@ def latency(app: App, ctx: Ctx, rate: float, seconds: float, idle_s: float = 0.0
                 ms = [(reader.arrivals[f"l{i}"] - sent_at[i]) * 1000 for i in range(n) if f"l{i}" in reader.arrivals]
                 res.update(percentiles(ms))
                 res["measured"] = len(ms)
+                both = [i for i in range(n) if f"l{i}" in reader.produced]
+                if both:
+                    res["split"] = split(
+                        sent_at[both],
+                        np.array([reader.produced[f"l{i}"] for i in both]),
+                        np.array([reader.arrivals[f"l{i}"] for i in both]),
+                    )
                 res["app_cpu_cores"] = round((cpu1 - cpu0) / (t1 - t0), 3)
                 if app.zeroproof:
                     # over the paced load only (the warm-up record waited for the group join)
@@ -489,6 +527,7 @@ def summarise(results: dict[str, dict[str, list[dict[str, Any]]]], apps: list[Ap
             "low_cpu_cores": median(r["low"], "app_cpu_cores"),
             "idle_cpu_percent": median(r["low"], "idle_cpu_percent"),
             "first_after_idle_ms": median(r["low"], "first_after_idle_ms"),
+            "split": {rate: _median_split(r[rate]) for rate in ("high", "low")},
         }
     for app in apps:
         if app.zeroproof:
@@ -502,6 +541,16 @@ def summarise(results: dict[str, dict[str, list[dict[str, Any]]]], apps: list[Ap
         "goals_issue_15_2": _librdkafka_goals(table),
         "goals_issue_15_3": _low_load_goals(table),
     }
+
+
+def _median_split(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    """Per field of the per-message split (``split``), the median over the rounds that have one."""
+    splits = [r["split"] for r in rounds if isinstance(r.get("split"), dict)]
+    flat = [
+        {**{k: v for k, v in sp.items() if k != "tail"}, **{f"tail_{k}": v for k, v in sp.get("tail", {}).items()}}
+        for sp in splits
+    ]
+    return {k: round(float(np.median([f[k] for f in flat if k in f])), 2) for k in (flat[0] if flat else {})}
 
 
 def _median_stages(rounds: Iterable[dict[str, float]]) -> dict[str, float]:
@@ -593,6 +642,28 @@ def markdown(summary: dict[str, Any], args: Any) -> str:
                 means = by_rate.get(rate, {})
                 cells = " | ".join(f(means.get(k), 1 if k == "batch_size" else 2) for k in stages)
                 lines.append(f"| {label} | {shown} msg/s | {cells} |")
+    split_cols = (
+        "app_p50_ms",
+        "app_p99_ms",
+        "out_hop_p50_ms",
+        "out_hop_p99_ms",
+        "tail_app_median_ms",
+        "tail_out_hop_median_ms",
+        "tail_send_windows_20ms",
+    )
+    if any(row.get("split", {}).get("high") for row in summary["table"].values()):
+        lines += [
+            "",
+            "| per message (ms; output CreateTime) | rate | app p50 | app p99 | out hop p50 | out hop p99 "
+            "| slowest 1 %: app | slowest 1 %: out hop | slowest 1 %: 20 ms windows |",
+        ]
+        lines.append("|---|---|" + "---|" * len(split_cols))
+        for row in summary["table"].values():
+            for rate, shown in (("high", hi), ("low", lo)):
+                sp = row.get("split", {}).get(rate, {})
+                if sp:
+                    cells = " | ".join(f(sp.get(k), 0 if k.endswith("windows_20ms") else 1) for k in split_cols)
+                    lines.append(f"| {row['label']} | {shown} msg/s | {cells} |")
     return "\n".join(lines)
 
 
@@ -609,6 +680,11 @@ def main() -> int:
     ap.add_argument("--idle-seconds", type=float, default=10.0)
     ap.add_argument("--partitions", type=int, default=1, help="partitions of the input and output topics")
     ap.add_argument("--only", default="", help="comma-separated app names: " + ", ".join(a.name for a in APPS))
+    ap.add_argument(
+        "--kinds",
+        default="throughput,high,low",
+        help="comma-separated measurements: throughput, high (rate), low (rate, then idle)",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 round, 20k backlog, 4 s loads, 4 s idle")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "peers.json"))
     args = ap.parse_args()
@@ -619,6 +695,9 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown app(s) {sorted(unknown)}; choose from {[a.name for a in APPS]}")
     apps = [a for a in APPS if not wanted or a.name in wanted]
+    kinds = {k.strip() for k in args.kinds.split(",") if k.strip()}
+    if not kinds or kinds - {"throughput", "high", "low"}:
+        ap.error(f"--kinds: choose from throughput, high, low (got {args.kinds!r})")
 
     # SIGTERM ends the run through the finally blocks: the app, the broker and Redis are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -639,6 +718,8 @@ def main() -> int:
                 ("low", lambda a: latency(a, ctx, args.low_rate, args.latency_seconds, args.idle_seconds)),
             ]
             for kind, fn in steps:
+                if kind not in kinds:
+                    continue
                 for app in order:
                     print(f"round {rnd + 1}/{args.rounds} {kind:10s} {app.name} ...", flush=True)
                     res = fn(app)

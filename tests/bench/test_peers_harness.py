@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 
 from harness.services import start_redis
@@ -53,3 +54,18 @@ def test_latency_percentiles() -> None:
     peers = peers_module()
     p = peers.percentiles([float(i) for i in range(1, 101)])
     assert p["p50_ms"] == pytest.approx(50.5) and p["max_ms"] == 100.0
+
+
+def test_the_per_message_split_attributes_the_tail_to_where_it_was_spent() -> None:
+    peers = peers_module()
+    sent = np.arange(200) * 0.001
+    app = np.full(200, 0.003)
+    app[100:102] = 0.040  # one stall in the app: the two slowest messages, sent 1 ms apart
+    produced = sent + app
+    arrived = produced + 0.002
+    sp = peers.split(sent, produced, arrived)
+    assert sp["app_p50_ms"] == pytest.approx(3.0) and sp["out_hop_p50_ms"] == pytest.approx(2.0)
+    assert sp["tail"]["messages"] == 2 and sp["tail"]["app_median_ms"] == pytest.approx(40.0)
+    assert sp["tail"]["out_hop_median_ms"] == pytest.approx(2.0) and sp["tail"]["send_windows_20ms"] == 1
+    medians = peers._median_split([{"split": sp}, {"p50_ms": 1.0}])
+    assert medians["tail_app_median_ms"] == pytest.approx(40.0)
