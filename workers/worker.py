@@ -7,7 +7,8 @@
 - ``FlowControl`` (workers/flow.py): pauses input while the next batch cannot go or a downstream fails;
 - ``Batcher`` (workers/batching.py): gathers records until a batch is due;
 - ``process_batch`` (workers/pipeline.py): the batch itself, pure; ``workers/records.py`` encodes what it sends;
-- ``Signals`` (workers/signals.py): stop and reload requests.
+- ``Signals`` (workers/signals.py): stop and reload requests;
+- ``KeepWarm`` (workers/warm.py): keeps the model's code path warm while the input is idle.
 
 Single-threaded by design: kafka-python's consumer is not thread-safe and rebalance callbacks run inside
 ``poll``. Every wait is short (poll timeouts ≤ the batch deadline, sends and Redis writes are checked without
@@ -38,6 +39,7 @@ from workers.reload import Reloader
 from workers.settings import WorkerSettings
 from workers.signals import Signals
 from workers.transport.base import Consumer, Producer, ProducerFactory, Record, TopicPartition, UndecodableInputError
+from workers.warm import KeepWarm
 
 #: Poll timeout while nothing is buffered (the loop also wakes for acks, reloads and signals).
 _IDLE_POLL_S = 0.1
@@ -140,6 +142,7 @@ class Worker:
         #: the last poll returned fewer records than it could take: no backlog waits in the client
         self.caught_up = True
         self.exit_code = 0
+        self.warm = KeepWarm(lambda: self.runtime, s.idle_warm_interval_ms / 1000.0, log)
 
     @property
     def runtime(self) -> ModelRuntime:
@@ -194,6 +197,11 @@ class Worker:
         self.log.info("partitions_assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in partitions))
         self.flow.rebalanced()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing buffered, prepared or in flight: the loop only waits for input."""
+        return self.prepared is None and self.batcher.buffered == 0 and self.checkpoint.in_flight == 0
+
     # --- stages ------------------------------------------------------------------------------------------------
     def _can_dispatch(self, records: int) -> bool:
         """Room to send ``records`` more: records sent but not committed stay within the duplicate bound,
@@ -209,6 +217,7 @@ class Worker:
         if first_ts_ms > 0:
             self.metrics.fetch_lag.observe(max(0.0, batch.first_wall - first_ts_ms / 1000.0))
         out = process_batch(batch.records, self.runtime, self.routing, self.pcfg)
+        self.warm.touch()
         self.batches += 1
         stats = stats_record(
             self.s.stats_topic, out.stats, self.s.worker_id, batch.first_wall, time.time(), self.batches
@@ -287,6 +296,8 @@ class Worker:
         room = self.batcher.room
         recs = self._poll(time.monotonic())
         self.caught_up = len(recs) < room
+        if not recs and self.idle:
+            self.warm.maybe_run()
         if self.seek_pending:
             recs = self._apply_seeks(recs)
         self.batcher.add(recs)

@@ -69,3 +69,11 @@ def test_the_per_message_split_attributes_the_tail_to_where_it_was_spent() -> No
     assert sp["tail"]["out_hop_median_ms"] == pytest.approx(2.0) and sp["tail"]["send_windows_20ms"] == 1
     medians = peers._median_split([{"split": sp}, {"p50_ms": 1.0}])
     assert medians["tail_app_median_ms"] == pytest.approx(40.0)
+
+
+def test_an_app_that_copies_the_input_timestamp_gets_no_split() -> None:
+    peers = peers_module()
+    sent = np.arange(100) * 0.001
+    sp = peers.split(sent, sent - 0.0005, sent + 0.01)
+    assert "app_p50_ms" not in sp
+    assert peers._median_split([{"split": sp}]) == {}
