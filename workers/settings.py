@@ -107,10 +107,10 @@ class WorkerSettings(TopicSettings, KafkaConnectionSettings, RedisConnectionSett
         default=True, description="start a batch as soon as the compute stage is free, not at the deadline"
     )
     idle_warm_interval_ms: Milliseconds = Field(
-        default=1000,
+        default=0,
         ge=0,
         description="while the input is idle, run the model on a row of zeros this often so the first record after "
-        "a quiet spell finds its code path warm; 0 = off",
+        "a quiet spell finds its code path warm (costs idle CPU: docs/worker.md); 0 = off",
     )
     max_poll_records: int = Field(default=2048, ge=1, description="records one poll returns at most")
     drain_timeout_s: Duration = Field(
