@@ -20,10 +20,11 @@ in ``--rounds`` interleaved rounds (round-robin over the apps, the order rotated
 - latency at ``--high-rate`` and ``--low-rate`` msg/s: a librdkafka generator (its own process) records each
   input's send time, a librdkafka reader (no group, assigned) records each output's arrival; latency = arrival -
   send, p50/p99 over the run;
+- per message, the latency split at the output's own timestamp (CreateTime): the app side and the output hop;
 - after the low-rate run, the app's idle CPU over ``--idle-seconds`` with no traffic, then the latency of one
   record sent after that idle period.
 
-    python -m bench.peers                       # the full run -> bench/results/peers.json (~35 min)
+    python -m bench.peers                       # the full run -> bench/results/peers.json (~25-50 min)
     python -m bench.peers --quick --only confluent-loop,zeroproof-confluent   # smoke test (1 round, short loads)
 """
 
@@ -400,8 +401,9 @@ def split(sent: np.ndarray, produced: np.ndarray, arrived: np.ndarray) -> dict[s
     """Where each message's latency went, from timestamps alone (every app is measured the same way): ``app`` =
     the input's send → the app's producer stamping the output (the input hop, queueing and the app's work),
     ``out_hop`` = that stamp → the reader has it (the output's linger, the broker's ack, the reader's fetch).
-    CreateTime has millisecond resolution; an app that copies its input's timestamp gets no split. ``tail`` is the same split over the slowest 1 %, with how many distinct
-    20 ms windows of send time those messages fall in (few windows: stalls; many: spread-out queueing)."""
+    CreateTime has millisecond resolution; an app that copies its input's timestamp gets no split. ``tail`` is
+    the same split over the slowest 1 %, with how many distinct 20 ms windows of send time those messages fall
+    in (few windows: stalls; many: spread-out queueing)."""
     total = (arrived - sent) * 1000
     app = (produced - sent) * 1000
     hop = (arrived - produced) * 1000
