@@ -296,7 +296,7 @@ class Worker:
         room = self.batcher.room
         recs = self._poll(time.monotonic())
         self.caught_up = len(recs) < room
-        if not recs and self.idle:
+        if not recs and not self.warm.disabled and self.idle:
             self.warm.maybe_run()
         if self.seek_pending:
             recs = self._apply_seeks(recs)
